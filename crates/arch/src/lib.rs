@@ -1,1 +1,5 @@
-//! arch
+//! Architecture support: the address map, boot-time structures (zero page,
+//! PVH start info, e820, MP table, ACPI tables), CPUID shaping and initial
+//! register state. Pure functions over guest memory; no KVM handles here.
+
+pub mod layout;
