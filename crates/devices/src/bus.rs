@@ -50,10 +50,10 @@ impl Bus {
         let end = base.checked_add(len - 1).ok_or(BusError::ZeroLength(base))?;
         // The only candidates for overlap are the range starting at or below
         // `end` with the greatest base.
-        if let Some((_, (r, _))) = self.devices.range(..=end).next_back() {
-            if r.base + (r.len - 1) >= base {
-                return Err(BusError::Overlap { base, len, other: r.base });
-            }
+        if let Some((_, (r, _))) = self.devices.range(..=end).next_back()
+            && r.base + (r.len - 1) >= base
+        {
+            return Err(BusError::Overlap { base, len, other: r.base });
         }
         self.devices.insert(base, (Range { base, len }, device));
         Ok(())

@@ -43,3 +43,23 @@ impl InterruptLine for CountingLine {
 }
 
 pub type SharedLine = Arc<dyn InterruptLine>;
+
+/// Hands out interrupt sources to devices at build time. The VMM implements
+/// it with KVM irqfds and GSI routing; tests implement it with counters.
+pub trait InterruptManager: Send + Sync {
+    /// An edge-triggered line on IOAPIC pin `gsi` (delivered through an irqfd
+    /// so device threads never go through a vCPU thread).
+    fn legacy_line(&self, gsi: u32) -> io::Result<SharedLine>;
+    /// A group of `count` MSI vectors (for MSI-X capable PCI devices).
+    fn msi_group(&self, count: u16) -> io::Result<Arc<dyn MsiInterrupts>>;
+}
+
+/// Registers eventfds that KVM signals when the guest writes a doorbell
+/// address (ioeventfd), so queue notifications skip the vCPU exit path.
+pub trait IoEventRegistry: Send + Sync {
+    /// Signal `fd` when the guest writes `datamatch` (or anything, when None)
+    /// to MMIO address `addr`.
+    fn register_mmio(&self, addr: u64, datamatch: Option<u32>, fd: &vmm_sys_util::eventfd::EventFd) -> io::Result<()>;
+    fn unregister_mmio(&self, addr: u64, datamatch: Option<u32>, fd: &vmm_sys_util::eventfd::EventFd)
+    -> io::Result<()>;
+}

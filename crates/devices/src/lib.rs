@@ -3,7 +3,9 @@
 //! gives it interrupts through the traits in [`interrupt`].
 
 pub mod bus;
+pub mod context;
 pub mod interrupt;
 
 pub use bus::{Bus, BusDevice, BusError};
-pub use interrupt::{InterruptLine, MsiInterrupts};
+pub use context::{DeviceContext, GuestMemory};
+pub use interrupt::{InterruptLine, InterruptManager, IoEventRegistry, MsiInterrupts};
