@@ -1,0 +1,1 @@
+//! PCI root complex: config space access, BAR allocation, MSI-X.
