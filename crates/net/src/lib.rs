@@ -10,6 +10,7 @@ pub mod mac;
 pub mod macvtap;
 pub mod netlink;
 pub mod netns;
+pub mod packet;
 pub mod tap;
 
 pub use mac::MacAddr;

@@ -2,78 +2,15 @@
 //! builders. These tests need root (they create namespaces and TAPs).
 #![allow(dead_code)]
 
-use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use net::{MacAddr, Tap};
 
-pub const ETH_P_ALL: u16 = 0x0003;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IP: u16 = 0x0800;
 
-/// An AF_PACKET socket bound to one interface (in the namespace of the
-/// thread that opened it).
-pub struct PacketSocket(OwnedFd);
-
-impl PacketSocket {
-    pub fn bind(ifname: &str) -> io::Result<Self> {
-        let index = net::iface::if_index(ifname)?;
-        // SAFETY: plain socket(2) call.
-        let fd =
-            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, (ETH_P_ALL.to_be()) as i32) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is fresh and owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: zeroed sockaddr_ll is valid.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = ETH_P_ALL.to_be();
-        sll.sll_ifindex = index as i32;
-        // SAFETY: sll is a valid sockaddr_ll of the given size.
-        let r = unsafe {
-            libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), size_of::<libc::sockaddr_ll>() as u32)
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
-        // SAFETY: tv is a valid timeval.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                size_of::<libc::timeval>() as u32,
-            )
-        };
-        Ok(PacketSocket(fd))
-    }
-
-    pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
-        // SAFETY: frame is a valid slice.
-        let n = unsafe { libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
-    }
-
-    /// Receive frames until `pred` accepts one or `timeout` passes.
-    pub fn recv_matching(&self, timeout: Duration, pred: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + timeout;
-        let mut buf = vec![0u8; 65536];
-        while Instant::now() < deadline {
-            // SAFETY: buf is valid for writes.
-            let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n > 0 && pred(&buf[..n as usize]) {
-                return Some(buf[..n as usize].to_vec());
-            }
-        }
-        None
-    }
-}
+pub use net::packet::PacketSocket;
 
 /// Read frames (vnet header stripped) from a non-blocking TAP until `pred`
 /// accepts one or `timeout` passes. Returns (vnet header, frame).
@@ -126,8 +63,4 @@ pub fn arp_request(mac: MacAddr, ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
 
 pub fn is_arp_reply_to(frame: &[u8], mac: MacAddr) -> bool {
     frame.len() >= 42 && ethertype(frame) == ETH_P_ARP && frame[20..22] == [0, 2] && frame[..6] == mac.0
-}
-
-pub fn ip(cmd: &std::process::Command) -> String {
-    format!("{cmd:?}")
 }
