@@ -1,1 +1,261 @@
-//! test-guest
+//! The Tern test guest: a freestanding x86-64 ELF built by this crate's
+//! build script (sources in `guest/`) and embedded as [`GUEST_ELF`].
+//!
+//! # Booting it
+//!
+//! One image, two boot protocols, loaded at 1 MiB (`arch::layout::HIMEM_START`):
+//!
+//! * **PVH**: an ELF note `XEN_ELFNOTE_PHYS32_ENTRY` (type 18, name "Xen")
+//!   names a 32-bit entry: protected mode, paging off, `ebx` = physical
+//!   address of `hvm_start_info`. QEMU (`-M microvm -kernel`), Cloud
+//!   Hypervisor and Firecracker boot it this way.
+//! * **Linux 64-bit boot protocol**: ELF `e_entry` is a 64-bit entry reached
+//!   in long mode on the VMM's identity-mapped page tables with `rsi` = the
+//!   zero page (`boot_params`: `cmd_line_ptr` at 0x228, e820 count at 0x1e8,
+//!   table at 0x2d0, `acpi_rsdp_addr` at 0x70).
+//!
+//! The command line comes from `start_info.cmdline_paddr` (PVH) or
+//! `boot_params.hdr.cmd_line_ptr` (Linux); memory from the PVH memmap or
+//! e820; ACPI from `start_info.rsdp_paddr` / `boot_params.acpi_rsdp_addr`,
+//! else a scan of the EBDA and 0xe0000..0xfffff.
+//!
+//! After entry the guest loads its own GDT (user segments, one TSS
+//! descriptor per CPU), static page tables (identity map of 0..4 GiB with
+//! 2 MiB pages, all user-accessible, 3..4 GiB uncached), a 32-vector IDT,
+//! and `iretq`s to CPL3 after a few hundred instructions. Port I/O at CPL3
+//! is allowed through the TSS I/O permission bitmap (all ports; PVM ignores
+//! RFLAGS.IOPL but honours the bitmap) and IOPL=3.
+//!
+//! # Protocol
+//!
+//! * **Serial**: 16550 at COM1 (0x3f8), polled (THRE, then up to 16 bytes per
+//!   poll: FIFO depth). Result lines read `TERN key=value ...`; the final one
+//!   of a scenario is `TERN test=<name> result=pass|fail [key=value...]`;
+//!   numbers are `TERN metric=<name> value=<n> unit=<u>`.
+//! * **Test exit**: the guest writes a 32-bit code to port 0xf4 (QEMU
+//!   `isa-debug-exit` semantics: the VMM exits with status `code << 1 | 1`).
+//!   See [`EXIT_PASS`] and friends. If the VM is still running afterwards
+//!   (no such port), the guest tries ACPI soft-off, then spins at CPL3.
+//! * **Power off** (demo, poweroff): ACPI S5 via the FADT: SLP_TYP from the
+//!   DSDT `_S5_` package (default 5); `SLP_TYP << 10 | SLP_EN` to
+//!   PM1a_CNT_BLK (Tern: port 0x604), or `SLP_TYP << 2 | SLP_EN` to
+//!   SLEEP_CONTROL_REG on HW-reduced FADTs (QEMU microvm). If still
+//!   running ~100 ms later: test-exit with [`EXIT_PASS`].
+//! * **Reset**: i8042 `0x64 <- 0xfe`, then the FADT reset register, then
+//!   `0xcf9 <- 0x06`.
+//! * **Exceptions** (any vector 0..31, any CPU): `TERN exception vector=..
+//!   error=.. rip=.. cr2=.. cs=.. rflags=..` then `TERN test=<name>
+//!   result=fail reason=exception`, exit code [`EXIT_EXCEPTION`].
+//!
+//! # Memory the guest uses
+//!
+//! * 0x100000..0x1a0000: the image (code, data, page tables, GDT/IDT/TSS,
+//!   stacks: BSP 64 KiB, exception 16 KiB, 64 × 8 KiB AP stacks).
+//! * 0x10000..0x11000: the AP trampoline (smp scenario only; SIPI vector 0x10).
+//! * Everything below 2 MiB is the guest's; the `memory` scenario tests RAM
+//!   from 2 MiB to 4 GiB. The VMM's boot structures (zero page, start_info,
+//!   cmdline, ACPI) are only read, before any scenario writes memory.
+//!
+//! # Scenarios (`tern.test=<name>`, default `demo`)
+//!
+//! See [`SCENARIOS`]; parameters are further `key=value` words.
+
+use std::io;
+use std::path::Path;
+
+/// The guest ELF image (PVH note + 64-bit entry), loaded at 1 MiB.
+pub const GUEST_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tern-test-guest.elf"));
+
+/// Physical load address of the image (lowest PT_LOAD paddr).
+pub const LOAD_ADDR: u64 = 0x10_0000;
+/// Where the smp scenario copies its real-mode AP trampoline.
+pub const AP_TRAMPOLINE_ADDR: u64 = 0x1_0000;
+/// The `memory` scenario tests RAM from here up.
+pub const MEMORY_TEST_START: u64 = 0x20_0000;
+
+/// Test-exit port (QEMU isa-debug-exit compatible).
+pub const EXIT_PORT: u16 = 0xf4;
+/// The scenario passed (status 1).
+pub const EXIT_PASS: u32 = 0;
+/// The scenario failed; the result line says why (status 3).
+pub const EXIT_FAIL: u32 = 1;
+/// A CPU exception in the guest (status 5).
+pub const EXIT_EXCEPTION: u32 = 2;
+/// A Rust panic in the guest (status 7).
+pub const EXIT_PANIC: u32 = 3;
+/// A CPL0 scenario that should have stopped the VM (triple fault, internal
+/// error) kept running (status 9).
+pub const EXIT_NOT_STOPPED: u32 = 4;
+
+/// The process status a VMM with isa-debug-exit semantics ends with.
+pub const fn exit_status(code: u32) -> i32 {
+    ((code << 1) | 1) as i32
+}
+
+/// One scenario: its `tern.test=` name, parameters and what it prints.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub params: &'static str,
+    pub reports: &'static str,
+    /// How the VM ends when it works.
+    pub ends_with: &'static str,
+}
+
+/// Every scenario the guest knows.
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "demo",
+        params: "",
+        reports: "`Tern demo guest`, `TERN boot protocol=..`, `TERN cpu vendor=..`, `TERN memory ram_mib=N`, \
+                  `TERN acpi rsdp=.. tables=..`, `TERN cpus=N source=madt`, `TERN virtio-mmio slot=..`, \
+                  `TERN pci dev=..`, `TERN devices virtio_mmio=N pci=N`, `TERN test=demo result=pass`",
+        ends_with: "ACPI soft-off; exit code 0 if still running",
+    },
+    Scenario {
+        name: "smp",
+        params: "tern.smp_timeout_ms=N (10000)",
+        reports: "`TERN cpu=<apic id> online` per CPU, `TERN metric=smp-bringup value=N unit=ms`, \
+                  `TERN test=smp result=pass cpus=N` (N from the MADT)",
+        ends_with: "exit code 0 / 1",
+    },
+    Scenario {
+        name: "memory",
+        params: "tern.mem_mib=N or tern.mem=<size>[K|M|G] (all RAM 2 MiB..4 GiB)",
+        reports: "`TERN metric=memory-pattern value=N unit=us`, \
+                  `TERN test=memory result=pass bytes=N checksum=0x..`",
+        ends_with: "exit code 0 / 1",
+    },
+    Scenario {
+        name: "exit:<code>",
+        params: "code: decimal or 0x-hex u32",
+        reports: "`TERN test=exit:<code> code=<code>`",
+        ends_with: "exit code <code>",
+    },
+    Scenario {
+        name: "reboot",
+        params: "",
+        reports: "`TERN test=reboot state=resetting method=i8042|acpi|cf9`",
+        ends_with: "reset (i8042 first)",
+    },
+    Scenario {
+        name: "poweroff",
+        params: "",
+        reports: "`TERN test=poweroff state=powering-off`",
+        ends_with: "ACPI soft-off only",
+    },
+    Scenario {
+        name: "spin",
+        params: "tern.tick_ms=N (100)",
+        reports: "`TERN test=spin tsc_hz=N tick_ms=N`, then `TERN tick=<n>` every tick, forever",
+        ends_with: "never",
+    },
+    Scenario {
+        name: "hlt",
+        params: "",
+        reports: "`TERN test=hlt state=halted` (printed at CPL0)",
+        ends_with: "never: `cli; hlt` at CPL0",
+    },
+    Scenario {
+        name: "triple-fault",
+        params: "",
+        reports: "`TERN test=triple-fault state=faulting`",
+        ends_with: "triple fault (shutdown exit) from CPL0 with a null IDT",
+    },
+    Scenario {
+        name: "internal-error",
+        params: "",
+        reports: "`TERN test=internal-error state=executing`",
+        ends_with: "KVM_EXIT_INTERNAL_ERROR: POPCNT with an MMIO operand at CPL0 (KVM's emulator lacks POPCNT)",
+    },
+];
+
+/// Write the guest image to `path` (e.g. for `tern run --kernel` or QEMU).
+pub fn write_guest(path: &Path) -> io::Result<()> {
+    std::fs::write(path, GUEST_ELF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u16_at(b: &[u8], at: usize) -> u16 {
+        u16::from_le_bytes([b[at], b[at + 1]])
+    }
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    }
+    fn u64_at(b: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    }
+
+    #[test]
+    fn image_is_a_static_x86_64_elf_loaded_at_1mib() {
+        let elf = GUEST_ELF;
+        assert_eq!(&elf[..4], b"\x7fELF");
+        assert_eq!(elf[4], 2, "ELFCLASS64");
+        assert_eq!(u16_at(elf, 16), 2, "ET_EXEC");
+        assert_eq!(u16_at(elf, 18), 62, "EM_X86_64");
+        let entry = u64_at(elf, 24);
+        let phoff = u64_at(elf, 32) as usize;
+        let phnum = u16_at(elf, 56) as usize;
+        let mut lowest = u64::MAX;
+        let mut highest = 0;
+        for i in 0..phnum {
+            let ph = phoff + i * 56;
+            if u32_at(elf, ph) == 1 {
+                let paddr = u64_at(elf, ph + 24);
+                lowest = lowest.min(paddr);
+                highest = highest.max(paddr + u64_at(elf, ph + 40));
+            }
+        }
+        assert_eq!(lowest, LOAD_ADDR);
+        assert!(highest <= MEMORY_TEST_START, "image ends at {highest:#x}, inside the memory test range");
+        assert!((lowest..highest).contains(&entry));
+    }
+
+    #[test]
+    fn image_has_a_pvh_note_pointing_into_the_image() {
+        let elf = GUEST_ELF;
+        let phoff = u64_at(elf, 32) as usize;
+        let phnum = u16_at(elf, 56) as usize;
+        let mut pvh_entry = None;
+        for i in 0..phnum {
+            let ph = phoff + i * 56;
+            if u32_at(elf, ph) != 4 {
+                continue;
+            }
+            let (mut at, end) = (u64_at(elf, ph + 8) as usize, (u64_at(elf, ph + 8) + u64_at(elf, ph + 32)) as usize);
+            while at + 12 <= end {
+                let (namesz, descsz, kind) =
+                    (u32_at(elf, at) as usize, u32_at(elf, at + 4) as usize, u32_at(elf, at + 8));
+                let name = &elf[at + 12..at + 12 + namesz];
+                let desc = at + 12 + namesz.next_multiple_of(4);
+                if kind == 18 && name == b"Xen\0" {
+                    pvh_entry = Some(u32_at(elf, desc) as u64);
+                }
+                at = desc + descsz.next_multiple_of(4);
+            }
+        }
+        let pvh_entry = pvh_entry.expect("XEN_ELFNOTE_PHYS32_ENTRY note");
+        assert!((LOAD_ADDR..MEMORY_TEST_START).contains(&pvh_entry));
+        assert_ne!(pvh_entry, u64_at(elf, 24), "PVH entry is 32-bit, e_entry 64-bit: they differ");
+    }
+
+    #[test]
+    fn exit_status_matches_isa_debug_exit() {
+        assert_eq!(exit_status(EXIT_PASS), 1);
+        assert_eq!(exit_status(EXIT_FAIL), 3);
+        assert_eq!(exit_status(42), 85);
+    }
+
+    #[test]
+    fn write_guest_writes_the_image() {
+        let dir = std::env::temp_dir().join(format!("tern-test-guest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("guest.elf");
+        write_guest(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), GUEST_ELF);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,69 @@
+//! Small scenarios: `exit:<code>`, `reboot`, `spin`, `poweroff`.
+
+use crate::acpi::Acpi;
+use crate::boot::{BootInfo, param, parse_u64};
+use crate::cpu::{self, outb, rdtsc, tsc_hz};
+use crate::tern;
+
+/// `exit:<code>`: write <code> (decimal or 0x-hex) to the test-exit port.
+pub fn exit_with(code: &[u8]) -> ! {
+    match parse_u64(code).and_then(|c| u32::try_from(c).ok()) {
+        Some(code) => {
+            tern!("test={} code={}", crate::test_name(), code);
+            crate::exit(code)
+        }
+        None => crate::finish(false, format_args!(" reason=bad-exit-code")),
+    }
+}
+
+fn settle() {
+    let start = rdtsc();
+    while rdtsc().wrapping_sub(start) < 200_000_000 {
+        cpu::pause();
+    }
+}
+
+/// `reboot`: i8042 pulse-reset; then the FADT reset register; then 0xcf9.
+pub fn reboot(boot: &BootInfo) -> ! {
+    tern!("test=reboot state=resetting method=i8042");
+    outb(0x64, 0xfe);
+    settle();
+    if let Some(acpi) = Acpi::discover(boot.rsdp) {
+        tern!("test=reboot state=resetting method=acpi");
+        acpi.reset();
+        settle();
+    }
+    tern!("test=reboot state=resetting method=cf9");
+    outb(0xcf9, 0x02);
+    outb(0xcf9, 0x06);
+    settle();
+    crate::finish(false, format_args!(" reason=still-running"))
+}
+
+/// `spin`: `TERN tick=<n>` every `tern.tick_ms` (default 100) ms, forever.
+pub fn spin(boot: &BootInfo) -> ! {
+    let ms = param(boot.cmdline, "tern.tick_ms").and_then(parse_u64).unwrap_or(100).max(1);
+    let hz = tsc_hz();
+    tern!("test=spin tsc_hz={} tick_ms={}", hz, ms);
+    let period = hz / 1000 * ms;
+    let mut next = rdtsc();
+    let mut tick = 0u64;
+    loop {
+        while rdtsc() < next {
+            cpu::pause();
+        }
+        tern!("tick={}", tick);
+        tick += 1;
+        next += period;
+    }
+}
+
+/// `poweroff`: ACPI soft-off only (no exit-port fallback unless it fails).
+pub fn poweroff(boot: &BootInfo) -> ! {
+    tern!("test=poweroff state=powering-off");
+    if let Some(acpi) = Acpi::discover(boot.rsdp) {
+        acpi.power_off();
+        settle();
+    }
+    crate::finish(false, format_args!(" reason=still-running"))
+}

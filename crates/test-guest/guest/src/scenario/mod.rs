@@ -1,0 +1,21 @@
+//! Scenario dispatch: `tern.test=<name>` selects one.
+
+use crate::boot::BootInfo;
+
+pub mod demo;
+pub mod memory;
+pub mod misc;
+pub mod smp;
+
+pub fn run(name: &[u8], boot: &BootInfo) -> ! {
+    match name {
+        b"demo" => demo::run(boot),
+        b"smp" => smp::run(boot),
+        b"memory" => memory::run(boot),
+        b"reboot" => misc::reboot(boot),
+        b"spin" => misc::spin(boot),
+        b"poweroff" => misc::poweroff(boot),
+        _ if name.starts_with(b"exit:") => misc::exit_with(&name[5..]),
+        _ => crate::finish(false, format_args!(" reason=unknown-scenario")),
+    }
+}
