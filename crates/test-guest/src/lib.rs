@@ -145,6 +145,12 @@ pub const SCENARIOS: &[Scenario] = &[
         ends_with: "ACPI soft-off only",
     },
     Scenario {
+        name: "fault",
+        params: "",
+        reports: "`TERN test=fault state=faulting addr=..`, then the exception lines (vector 14)",
+        ends_with: "exit code 2 (EXIT_EXCEPTION)",
+    },
+    Scenario {
         name: "spin",
         params: "tern.tick_ms=N (100)",
         reports: "`TERN test=spin tsc_hz=N tick_ms=N`, then `TERN tick=<n>` every tick, forever",

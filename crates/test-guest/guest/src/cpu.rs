@@ -142,11 +142,17 @@ const PIT_HZ: u64 = 1_193_182;
 /// Count PIT channel 2 (gated through port 0x61, no interrupt) down for
 /// ~10 ms and compare with the TSC.
 fn pit_calibrate() -> Option<u64> {
+    // Port 0x61 gates channel 2; some machines (QEMU microvm) have no such
+    // port (reads 0xff) yet the channel counts anyway.
     let gate = inb(0x61);
-    if gate == 0xff {
-        return None;
+    let restore = |g: u8| {
+        if g != 0xff {
+            outb(0x61, g)
+        }
+    };
+    if gate != 0xff {
+        outb(0x61, (gate & 0xfd) | 0x01);
     }
-    outb(0x61, (gate & 0xfd) | 0x01);
     outb(0x43, 0xb0); // channel 2, lobyte/hibyte, mode 0, binary
     outb(0x42, 0xff);
     outb(0x42, 0xff);
@@ -164,12 +170,12 @@ fn pit_calibrate() -> Option<u64> {
         let elapsed = first.wrapping_sub(now) & 0xffff;
         if elapsed >= PIT_HZ / 100 && now < first {
             let cycles = rdtsc() - start_tsc;
-            outb(0x61, gate);
+            restore(gate);
             return Some(cycles * PIT_HZ / elapsed);
         }
         reads += 1;
         if reads > 200_000 {
-            outb(0x61, gate);
+            restore(gate);
             return None;
         }
     }

@@ -6,9 +6,9 @@ use crate::cpu::{self, cpuid, read32};
 use crate::serial::Printable;
 use crate::{pci, println, tern};
 
-const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
-const VIRTIO_MMIO_STRIDE: u64 = 0x1000;
-const VIRTIO_MMIO_SLOTS: u64 = 64;
+/// Where virtio-mmio transports may sit: (base, stride, slots). Tern's
+/// layout (arch::layout::VIRTIO_MMIO_START), then QEMU microvm's.
+const VIRTIO_MMIO_WINDOWS: [(u64, u64, u64); 2] = [(0xd000_0000, 0x1000, 64), (0xfeb0_0000, 0x200, 32)];
 const VIRTIO_MAGIC: u32 = 0x7472_6976; // "virt"
 
 pub fn cpu_vendor() -> [u8; 12] {
@@ -52,14 +52,16 @@ pub fn virtio_device_name(id: u32) -> &'static str {
 /// Slots at VIRTIO_MMIO_BASE that answer with the virtio magic and a
 /// non-zero device id: (slot, base, device id, version).
 pub fn virtio_mmio_scan(mut found: impl FnMut(u64, u64, u32, u32)) {
-    for slot in 0..VIRTIO_MMIO_SLOTS {
-        let base = VIRTIO_MMIO_BASE + slot * VIRTIO_MMIO_STRIDE;
-        if read32(base) != VIRTIO_MAGIC {
-            continue;
-        }
-        let device = read32(base + 8);
-        if device != 0 {
-            found(slot, base, device, read32(base + 4));
+    for (start, stride, slots) in VIRTIO_MMIO_WINDOWS {
+        for slot in 0..slots {
+            let base = start + slot * stride;
+            if read32(base) != VIRTIO_MAGIC {
+                continue;
+            }
+            let device = read32(base + 8);
+            if device != 0 {
+                found(slot, base, device, read32(base + 4));
+            }
         }
     }
 }

@@ -67,3 +67,12 @@ pub fn poweroff(boot: &BootInfo) -> ! {
     }
     crate::finish(false, format_args!(" reason=still-running"))
 }
+
+/// `fault`: touch an unmapped address at CPL3; the CPL0 handler reports
+/// the page fault (vector 14) and exits with EXIT_EXCEPTION.
+pub fn fault() -> ! {
+    tern!("test=fault state=faulting addr=0x10000000000");
+    // SAFETY: deliberately faults: 1 TiB is outside the guest's page tables.
+    let value = unsafe { (0x100_0000_0000 as *const u64).read_volatile() };
+    crate::finish(false, format_args!(" reason=no-fault value={value}"))
+}

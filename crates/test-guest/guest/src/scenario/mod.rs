@@ -15,6 +15,7 @@ pub fn run(name: &[u8], boot: &BootInfo) -> ! {
         b"reboot" => misc::reboot(boot),
         b"spin" => misc::spin(boot),
         b"poweroff" => misc::poweroff(boot),
+        b"fault" => misc::fault(),
         _ if name.starts_with(b"exit:") => misc::exit_with(&name[5..]),
         _ => crate::finish(false, format_args!(" reason=unknown-scenario")),
     }

@@ -4,9 +4,9 @@
 
 use crate::acpi::Acpi;
 use crate::boot::{BootInfo, param, parse_u64};
-use crate::cpu::{self, cpuid, rdtsc, read32, tsc_hz, write32};
+use crate::cpu::{self, rdtsc, read32, tsc_hz, write32};
 use crate::tern;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Where the real-mode trampoline is copied (SIPI vector 0x10). Below the
 /// VMM's cmdline (0x20000), above its boot structures (< 0xc000).
@@ -23,6 +23,7 @@ const ICR_SIPI_ALL_BUT_SELF: u32 = 0x000c_4600;
 const ICR_PENDING: u32 = 1 << 12;
 
 static ONLINE: AtomicU32 = AtomicU32::new(0);
+static LAPIC: AtomicU64 = AtomicU64::new(DEFAULT_LAPIC);
 
 fn wait_icr(lapic: u64) {
     for _ in 0..100_000 {
@@ -50,6 +51,7 @@ pub fn run(boot: &BootInfo) -> ! {
         0 => DEFAULT_LAPIC,
         a => a,
     };
+    LAPIC.store(lapic, Ordering::SeqCst);
     let bsp_id = read32(lapic + LAPIC_ID) >> 24;
     tern!("cpu={} online bsp=1", bsp_id);
     if cpus <= 1 {
@@ -95,8 +97,8 @@ pub fn run(boot: &BootInfo) -> ! {
 
 /// Every AP lands here at CPL3 with its own stack.
 pub fn ap_main(_index: u64) -> ! {
-    let [_, ebx, _, _] = cpuid(1, 0);
-    let apic_id = ebx >> 24;
+    // The LAPIC, not CPUID: on PVM, CPUID at CPL3 is the host's.
+    let apic_id = read32(LAPIC.load(Ordering::Relaxed) + LAPIC_ID) >> 24;
     ONLINE.fetch_add(1, Ordering::SeqCst); // lock xadd, at CPL3
     tern!("cpu={} online", apic_id);
     loop {

@@ -1,0 +1,297 @@
+//! Boots the test guest under QEMU (`-M microvm`, PVH entry) on real KVM and
+//! checks its protocol lines and exit status. Skips, with a notice, when
+//! qemu-system-x86_64 or /dev/kvm is missing.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use test_guest::{EXIT_FAIL, EXIT_PASS, exit_status};
+
+const QEMU: &str = "qemu-system-x86_64";
+
+struct Run {
+    /// None when we had to kill QEMU (the guest was meant to keep running).
+    status: Option<i32>,
+    stdout: String,
+    stderr: String,
+    /// When the first byte of guest output arrived, from spawn.
+    first_byte: Option<Duration>,
+}
+
+fn qemu_usable() -> bool {
+    let have_qemu = Command::new(QEMU)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let have_kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    if !have_qemu || !have_kvm {
+        eprintln!("SKIP: needs {QEMU} (apt-get install qemu-system-x86) and a usable /dev/kvm");
+    }
+    have_qemu && have_kvm
+}
+
+fn guest_path() -> PathBuf {
+    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("tern-test-guest-qemu-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("guest.elf");
+        test_guest::write_guest(&path).unwrap();
+        path
+    })
+    .clone()
+}
+
+fn spawn_reader(mut pipe: impl Read + Send + 'static, sink: Arc<Mutex<(Vec<u8>, Option<Instant>)>>) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let mut s = sink.lock().unwrap();
+            s.1.get_or_insert_with(Instant::now);
+            s.0.extend_from_slice(&buf[..n]);
+        }
+    });
+}
+
+/// Boot the guest; stop when QEMU exits, when `stop_at` shows up in the
+/// output (stdout or stderr), or at `timeout`.
+fn boot(cmdline: &str, extra: &[&str], stop_at: Option<&str>, timeout: Duration) -> Run {
+    boot_image(&guest_path(), cmdline, extra, stop_at, timeout)
+}
+
+fn boot_image(image: &Path, cmdline: &str, extra: &[&str], stop_at: Option<&str>, timeout: Duration) -> Run {
+    let mut child = Command::new(QEMU)
+        .args(["-enable-kvm", "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=on"])
+        .args(["-cpu", "kvm64", "-m", "128", "-nographic", "-no-reboot", "-nodefaults"])
+        .args(["-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+        .arg("-kernel")
+        .arg(image)
+        .args(["-append", cmdline])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn qemu");
+    let started = Instant::now();
+    let out = Arc::new(Mutex::new((Vec::new(), None)));
+    let err = Arc::new(Mutex::new((Vec::new(), None)));
+    spawn_reader(child.stdout.take().unwrap(), out.clone());
+    spawn_reader(child.stderr.take().unwrap(), err.clone());
+    let text = |s: &Arc<Mutex<(Vec<u8>, Option<Instant>)>>| String::from_utf8_lossy(&s.lock().unwrap().0).into_owned();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        let seen = stop_at.is_some_and(|m| text(&out).contains(m) || text(&err).contains(m));
+        if seen || started.elapsed() > timeout {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // Let the readers drain what is left in the pipes.
+    std::thread::sleep(Duration::from_millis(20));
+    let first_byte = out.lock().unwrap().1.map(|t| t - started);
+    Run { status, stdout: text(&out), stderr: text(&err), first_byte }
+}
+
+fn assert_line(run: &Run, line: &str) {
+    assert!(
+        run.stdout.lines().any(|l| l.trim_end() == line),
+        "missing line {line:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        run.stdout,
+        run.stderr
+    );
+}
+
+fn assert_prefix(run: &Run, prefix: &str) {
+    assert!(
+        run.stdout.lines().any(|l| l.starts_with(prefix)),
+        "no line starting {prefix:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        run.stdout,
+        run.stderr
+    );
+}
+
+const T: Duration = Duration::from_secs(60);
+
+#[test]
+fn demo_prints_banner_and_powers_off() {
+    if !qemu_usable() {
+        return;
+    }
+    let run = boot("tern.test=demo", &[], None, T);
+    assert_line(&run, "Tern demo guest");
+    assert_line(&run, "TERN boot protocol=pvh cmdline=\"tern.test=demo\"");
+    assert_prefix(&run, "TERN cpu vendor=");
+    assert_prefix(&run, "TERN memory ram_mib=127 ");
+    assert_line(&run, "TERN cpus=1 source=madt");
+    assert_line(&run, "TERN test=demo result=pass");
+    // ACPI soft-off ends QEMU with 0; the exit-port fallback would give 1.
+    assert_eq!(run.status, Some(0), "{}", run.stdout);
+    assert!(!run.stdout.contains("fallback"), "{}", run.stdout);
+    eprintln!("qemu spawn -> first serial byte: {:?}", run.first_byte);
+}
+
+#[test]
+fn default_scenario_is_demo() {
+    if !qemu_usable() {
+        return;
+    }
+    let run = boot("console=ttyS0", &[], None, T);
+    assert_line(&run, "TERN test=demo result=pass");
+    assert_eq!(run.status, Some(0));
+}
+
+#[test]
+fn demo_lists_virtio_mmio_devices() {
+    if !qemu_usable() {
+        return;
+    }
+    let run = boot("tern.test=demo", &["-device", "virtio-rng-device", "-device", "virtio-balloon-device"], None, T);
+    assert_prefix(&run, "TERN virtio-mmio slot=");
+    assert!(run.stdout.contains(" type=rng "), "{}", run.stdout);
+    assert!(run.stdout.contains(" type=balloon "), "{}", run.stdout);
+    assert_line(&run, "TERN test=demo result=pass");
+}
+
+#[test]
+fn exit_code_reaches_the_vmm() {
+    if !qemu_usable() {
+        return;
+    }
+    let run = boot("tern.test=exit:42", &[], None, T);
+    assert_line(&run, "TERN test=exit:42 code=42");
+    assert_eq!(run.status, Some(exit_status(42)));
+    let run = boot("tern.test=exit:0x0", &[], None, T);
+    assert_eq!(run.status, Some(exit_status(EXIT_PASS)));
+}
+
+#[test]
+fn unknown_scenario_fails() {
+    if !qemu_usable() {
+        return;
+    }
+    let run = boot("tern.test=no-such-test", &[], None, T);
+    assert_line(&run, "TERN test=no-such-test result=fail reason=unknown-scenario");
+    assert_eq!(run.status, Some(exit_status(EXIT_FAIL)));
+}
+
+#[test]
+fn smp_brings_up_four_cpus() {
+    if !qemu_usable() {
+        return;
+    }
+    let run = boot("tern.test=smp", &["-smp", "4"], None, T);
+    for id in 0..4 {
+        assert_prefix(&run, &format!("TERN cpu={id} online"));
+    }
+    assert_line(&run, "TERN test=smp result=pass cpus=4");
+    assert_eq!(run.status, Some(exit_status(EXIT_PASS)));
+}
+
+#[test]
+fn memory_pattern_over_requested_size() {
+    if !qemu_usable() {
+        return;
+    }
+    let run = boot("tern.test=memory tern.mem_mib=32", &[], None, T);
+    assert_prefix(&run, "TERN test=memory result=pass bytes=33554432 checksum=0x");
+    assert_eq!(run.status, Some(exit_status(EXIT_PASS)));
+    // More than the VM has: a definite failure, not a crash.
+    let run = boot("tern.test=memory tern.mem=1G", &[], None, T);
+    assert_prefix(&run, "TERN test=memory result=fail reason=not-enough-ram");
+    assert_eq!(run.status, Some(exit_status(EXIT_FAIL)));
+}
+
+#[test]
+fn memory_default_covers_all_ram_above_2mib() {
+    if !qemu_usable() {
+        return;
+    }
+    let run = boot("tern.test=memory", &[], None, T);
+    let line = run.stdout.lines().find(|l| l.starts_with("TERN test=memory result=pass bytes=")).expect(&run.stdout);
+    let bytes: u64 = line.split_whitespace().nth(3).unwrap()["bytes=".len()..].parse().unwrap();
+    assert!(bytes > 120 << 20 && bytes <= 126 << 20, "{line}");
+}
+
+#[test]
+fn reboot_resets_the_vm() {
+    if !qemu_usable() {
+        return;
+    }
+    // -no-reboot turns the reset into an exit with status 0.
+    let run = boot("tern.test=reboot", &[], None, T);
+    assert_line(&run, "TERN test=reboot state=resetting method=i8042");
+    assert!(!run.stdout.contains("result=fail"), "{}", run.stdout);
+    assert_eq!(run.status, Some(0));
+}
+
+#[test]
+fn triple_fault_shuts_the_vm_down() {
+    if !qemu_usable() {
+        return;
+    }
+    let run = boot("tern.test=triple-fault", &[], None, T);
+    assert_line(&run, "TERN test=triple-fault state=faulting");
+    assert!(!run.stdout.contains("still-running"), "{}", run.stdout);
+    assert_eq!(run.status, Some(0));
+}
+
+#[test]
+fn internal_error_stops_kvm_run() {
+    if !qemu_usable() {
+        return;
+    }
+    // QEMU reports the emulation failure and pauses the VM; we kill it.
+    let run = boot("tern.test=internal-error", &[], Some("internal error"), T);
+    assert_line(&run, "TERN test=internal-error state=executing");
+    assert!(run.stderr.contains("KVM internal error"), "{}", run.stderr);
+    assert!(!run.stdout.contains("still-running"), "{}", run.stdout);
+}
+
+#[test]
+fn hlt_keeps_the_vm_halted() {
+    if !qemu_usable() {
+        return;
+    }
+    let run = boot("tern.test=hlt", &[], None, Duration::from_millis(1500));
+    assert_line(&run, "TERN test=hlt state=halted");
+    assert_eq!(run.status, None, "the VM must still be running: {}", run.stdout);
+    assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
+}
+
+#[test]
+fn spin_ticks_about_every_100ms() {
+    if !qemu_usable() {
+        return;
+    }
+    let started = Instant::now();
+    let run = boot("tern.test=spin", &[], Some("TERN tick=5\n"), T);
+    let elapsed = started.elapsed();
+    assert_prefix(&run, "TERN test=spin tsc_hz=");
+    assert_line(&run, "TERN tick=5");
+    assert_eq!(run.status, None);
+    assert!(elapsed >= Duration::from_millis(400), "6 ticks in {elapsed:?}");
+}
+
+#[test]
+fn cpu_exception_is_reported_and_fails() {
+    if !qemu_usable() {
+        return;
+    }
+    let run = boot("tern.test=fault", &[], None, T);
+    assert_prefix(&run, "TERN exception vector=0x000000000000000e ");
+    assert_line(&run, "TERN test=fault result=fail reason=exception");
+    assert_eq!(run.status, Some(exit_status(test_guest::EXIT_EXCEPTION)));
+}
