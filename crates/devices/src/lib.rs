@@ -5,6 +5,7 @@
 pub mod bus;
 pub mod context;
 pub mod interrupt;
+pub mod legacy;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use context::{DeviceContext, GuestMemory};

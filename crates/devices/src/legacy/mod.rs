@@ -1,0 +1,32 @@
+//! Legacy PC devices: the 16550A UART, the i8042 keyboard controller (for its
+//! reset line), the MC146818 CMOS RTC, the ACPI PM1a/PM-timer block and the
+//! isa-debug-exit test port.
+//!
+//! Every device has the same shape: a folder with `mod.rs` holding the device
+//! (a [`BusDevice`](crate::BusDevice) serving offsets into its port range), its
+//! plain serde state struct, its `Pausable`/`Snapshottable` impls, and
+//! `tests.rs`. Devices that need to stop or restart the VM report it through
+//! one shared [`VmEvents`], so the VMM waits on a single eventfd.
+
+pub mod acpi_pm;
+pub mod cmos;
+pub mod debug_exit;
+mod events;
+pub mod i8042;
+pub mod serial;
+
+pub use acpi_pm::{AcpiPm, AcpiPmState};
+pub use cmos::{Cmos, CmosState};
+pub use debug_exit::{DebugExit, DebugExitState};
+pub use events::{VmEvent, VmEvents};
+pub use i8042::{I8042, I8042State};
+pub use serial::{
+    RawTerminalGuard, SerialConfig, SerialCounters, SerialDevice, SerialDeviceState, SerialError, SerialInput,
+    SerialInputThread, SerialOutput, spawn_serial_input,
+};
+
+/// Little-endian value of a 1/2/4-byte port access (wider accesses are cut to
+/// their low 4 bytes: port I/O has none).
+pub(crate) fn le_value(data: &[u8]) -> u32 {
+    data.iter().take(4).enumerate().fold(0u32, |v, (i, b)| v | (u32::from(*b) << (8 * i)))
+}
