@@ -98,6 +98,18 @@ impl NetNs {
         &self.path
     }
 
+    /// Turn IPv6 off for every interface created from now on, so the kernel
+    /// does not emit router solicitations and MLD reports on test links.
+    pub fn disable_ipv6(&self) -> Result<(), NetNsError> {
+        self.run(|| {
+            for which in ["default", "all"] {
+                std::fs::write(format!("/proc/sys/net/ipv6/conf/{which}/disable_ipv6"), "1")?;
+            }
+            Ok(())
+        })?
+        .map_err(|e: io::Error| NetNsError::Enter(self.name.clone(), e))
+    }
+
     /// Move interface `ifname` from the caller's namespace into this one.
     pub fn move_interface(&self, ifname: &str) -> Result<(), NetNsError> {
         Ok(Netlink::open()?.set_netns(ifname, self.file.as_raw_fd())?)

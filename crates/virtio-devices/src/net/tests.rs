@@ -1,0 +1,279 @@
+//! virtio-net against test guest memory and a real TAP inside a network
+//! namespace created per test (root, as CI runs): frames the device
+//! transmits reach the TAP's kernel side and frames sent there reach the
+//! guest's rx buffers.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ::net::netns::NetNs;
+use ::net::packet::PacketSocket;
+use ::net::{MacAddr, Tap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::test_driver::{Driver, TestIrq, guest_memory, wait_for};
+use super::*;
+
+const WAIT: Duration = Duration::from_secs(3);
+const RXQ_BASE: u64 = 0x0;
+const TXQ_BASE: u64 = 0x1_0000;
+const BUFS: u64 = 0x10_0000;
+
+/// A namespace whose TAPs carry only the frames the test sends.
+fn quiet_ns(tag: &str) -> NetNs {
+    let ns = NetNs::create(tag).unwrap();
+    ns.disable_ipv6().unwrap();
+    ns
+}
+
+struct Rig {
+    net: Net,
+    mem: GuestMemoryMmap,
+    rx: Driver,
+    tx: Driver,
+    irq: Arc<TestIrq>,
+    /// Raw socket on the TAP's kernel side.
+    peer: PacketSocket,
+    guest: MacAddr,
+}
+
+/// A NIC on TAP `tap` (created here), activated with `features` (masked to
+/// what the device offers).
+fn rig(tap: &str, features: u64) -> Rig {
+    let cfg: NetConfig = format!("tap={tap}").parse().unwrap();
+    let mut net = Net::new("net0", &cfg).unwrap();
+    assert_eq!(net.device_type(), TYPE_NET);
+    net.ack_features(features);
+    let (mem, atomic) = guest_memory(16 << 20);
+    let mut rx = Driver::new(&mem, RXQ_BASE, 256);
+    let mut tx = Driver::new(&mem, TXQ_BASE, 256);
+    let irq = Arc::new(TestIrq::default());
+    let queues = vec![rx.activate(0, false), tx.activate(1, false)];
+    net.activate(atomic, irq.clone(), queues).unwrap();
+    let peer = PacketSocket::bind(tap).unwrap();
+    let guest = cfg.mac;
+    Rig { net, mem, rx, tx, irq, peer, guest }
+}
+
+fn frame(dst: MacAddr, src: MacAddr, len: usize, seed: u8) -> Vec<u8> {
+    let mut f = Vec::with_capacity(len);
+    f.extend_from_slice(&dst.0);
+    f.extend_from_slice(&src.0);
+    f.extend_from_slice(&0x88b5u16.to_be_bytes());
+    while f.len() < len {
+        f.push(seed.wrapping_add((f.len() * 7) as u8));
+    }
+    f
+}
+
+fn counter(net: &Net, name: &str) -> u64 {
+    net.counters()[name]
+}
+
+#[test]
+fn config_space_and_features() {
+    let ns = quiet_ns("vnetcfg");
+    ns.run(|| {
+        let cfg: NetConfig = "tap=vcfg0,mac=52:54:00:aa:bb:cc".parse().unwrap();
+        let net = Net::new("net0", &cfg).unwrap();
+        let mut c = [0u8; 8];
+        net.read_config(0, &mut c);
+        assert_eq!(&c[..6], &[0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]);
+        assert_eq!(u16::from_le_bytes([c[6], c[7]]), VIRTIO_NET_S_LINK_UP);
+        let f = net.features();
+        for bit in [VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM] {
+            assert!(f & bit != 0, "feature {bit:#x} not offered");
+        }
+        assert!(f & crate::device::VIRTIO_RING_F_EVENT_IDX != 0);
+        // The TAP exists and is up in the namespace.
+        assert!(::net::iface::is_link_up("vcfg0").unwrap());
+    })
+    .unwrap();
+}
+
+#[test]
+fn offloads_follow_guest_features() {
+    assert_eq!(tap_offloads_for(0), 0);
+    // TSO without checksum offload is meaningless and is not applied.
+    assert_eq!(tap_offloads_for(VIRTIO_NET_F_GUEST_TSO4), 0);
+    let all = VIRTIO_NET_F_GUEST_CSUM | VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6;
+    assert_eq!(tap_offloads_for(all), TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6);
+}
+
+#[test]
+fn tx_frames_reach_the_tap_peer() {
+    let ns = quiet_ns("vnettx");
+    ns.run(|| {
+        let mut r = rig("vtx0", u64::MAX);
+        let other = MacAddr::random_local();
+        let f = frame(other, r.guest, 600, 1);
+        // Header and frame in separate descriptors, frame split in two.
+        r.mem.write_slice(&[0u8; HDR_LEN], GuestAddress(BUFS)).unwrap();
+        r.mem.write_slice(&f[..100], GuestAddress(BUFS + 0x1000)).unwrap();
+        r.mem.write_slice(&f[100..], GuestAddress(BUFS + 0x2000)).unwrap();
+        let head =
+            r.tx.add_chain(&[(BUFS, HDR_LEN as u32, false), (BUFS + 0x1000, 100, false), (BUFS + 0x2000, 500, false)]);
+        r.tx.kick();
+        let got = r.peer.recv_matching(WAIT, |p| p == f.as_slice());
+        assert!(got.is_some(), "frame sent by the device never reached the TAP");
+        assert_eq!(r.tx.wait_used(1, WAIT), vec![(head as u32, 0)]);
+        assert!(wait_for(WAIT, || counter(&r.net, "tx_packets") == 1));
+        assert_eq!(counter(&r.net, "tx_bytes"), 600);
+        assert!(r.irq.queue.load(Ordering::SeqCst) >= 1);
+    })
+    .unwrap();
+}
+
+#[test]
+fn rx_merges_buffers_and_sets_num_buffers() {
+    let ns = quiet_ns("vnetrx");
+    ns.run(|| {
+        let mut r = rig("vrx0", u64::MAX);
+        ::net::iface::set_mtu("vrx0", 9000).unwrap();
+        for k in 0..3 {
+            r.rx.add_chain(&[(BUFS + k * 0x1000, 1000, true)]);
+        }
+        r.rx.kick();
+        let f = frame(r.guest, MacAddr::random_local(), 2500, 9);
+        r.peer.send(&f).unwrap();
+        let used = r.rx.wait_used(3, WAIT);
+        assert_eq!(used, vec![(0, 1000), (1, 1000), (2, 512)]);
+        let mut got = vec![0u8; HDR_LEN + 2500];
+        r.mem.read_slice(&mut got[..1000], GuestAddress(BUFS)).unwrap();
+        r.mem.read_slice(&mut got[1000..2000], GuestAddress(BUFS + 0x1000)).unwrap();
+        r.mem.read_slice(&mut got[2000..], GuestAddress(BUFS + 0x2000)).unwrap();
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 3, "num_buffers");
+        assert_eq!(&got[HDR_LEN..], f.as_slice());
+        assert_eq!(counter(&r.net, "rx_packets"), 1);
+        assert_eq!(counter(&r.net, "rx_bytes"), 2500);
+    })
+    .unwrap();
+}
+
+#[test]
+fn rx_waits_for_buffers_then_resumes_on_notify() {
+    let ns = quiet_ns("vnetwait");
+    ns.run(|| {
+        let mut r = rig("vwait0", u64::MAX);
+        let f = frame(r.guest, MacAddr::random_local(), 200, 3);
+        r.peer.send(&f).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(counter(&r.net, "rx_packets"), 0);
+        assert_eq!(counter(&r.net, "rx_drops"), 0, "no buffers must mean wait, not drop");
+        r.rx.add_chain(&[(BUFS, 4096, true)]);
+        r.rx.kick();
+        let used = r.rx.wait_used(1, WAIT);
+        assert_eq!(used, vec![(0, (HDR_LEN + 200) as u32)]);
+        let mut got = vec![0u8; 200];
+        r.mem.read_slice(&mut got, GuestAddress(BUFS + HDR_LEN as u64)).unwrap();
+        assert_eq!(got, f);
+    })
+    .unwrap();
+}
+
+#[test]
+fn rx_without_mergeable_drops_frames_too_big_for_one_chain() {
+    let ns = quiet_ns("vnetsmall");
+    ns.run(|| {
+        let mut r = rig("vsmall0", COMMON_FEATURES | VIRTIO_NET_F_MAC);
+        r.rx.add_chain(&[(BUFS, 100, true)]);
+        r.rx.add_chain(&[(BUFS + 0x1000, 2048, true)]);
+        r.rx.kick();
+        r.peer.send(&frame(r.guest, MacAddr::random_local(), 1000, 5)).unwrap();
+        // The first chain is too small: returned empty, the frame dropped.
+        assert_eq!(r.rx.wait_used(1, WAIT), vec![(0, 0)]);
+        assert!(wait_for(WAIT, || counter(&r.net, "rx_drops") == 1));
+        r.peer.send(&frame(r.guest, MacAddr::random_local(), 1000, 6)).unwrap();
+        assert_eq!(r.rx.wait_used(1, WAIT), vec![(1, 1012)]);
+        let mut hdr = [0u8; HDR_LEN];
+        r.mem.read_slice(&mut hdr, GuestAddress(BUFS + 0x1000)).unwrap();
+        assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 1, "num_buffers is 1 without MRG_RXBUF");
+    })
+    .unwrap();
+}
+
+#[test]
+fn hostile_tx_chains_are_dropped_and_the_device_keeps_working() {
+    let ns = quiet_ns("vnethost");
+    ns.run(|| {
+        let mut r = rig("vhost0", u64::MAX);
+        // Outside guest memory.
+        r.tx.add_chain(&[(0xffff_f000_0000, 64, false)]);
+        // Too short for the vnet header.
+        r.tx.add_chain(&[(BUFS, 5, false)]);
+        // Oversized: 70000 bytes.
+        r.tx.add_chain(&[(BUFS, 70_000, false)]);
+        // Length overflowing the end of memory.
+        r.tx.add_chain(&[((16 << 20) - 16, 64, false)]);
+        // A loop: descriptor 10 -> 11 -> 10.
+        r.tx.write_desc(10, BUFS, 64, 1, 11);
+        r.tx.write_desc(11, BUFS, 64, 1, 10);
+        r.tx.publish(10);
+        r.tx.kick();
+        let used = r.tx.wait_used(5, WAIT);
+        assert_eq!(used.len(), 5, "every hostile chain is returned: {used:?}");
+        assert!(used.iter().all(|&(_, len)| len == 0));
+        assert!(wait_for(WAIT, || counter(&r.net, "tx_errors") + counter(&r.net, "tx_drops") == 5));
+        assert_eq!(counter(&r.net, "tx_packets"), 0);
+        assert_eq!(r.irq.resets.load(Ordering::SeqCst), 0);
+        // A good frame still goes through afterwards.
+        let f = frame(MacAddr::random_local(), r.guest, 64, 2);
+        let mut pkt = vec![0u8; HDR_LEN];
+        pkt.extend_from_slice(&f);
+        r.mem.write_slice(&pkt, GuestAddress(BUFS + 0x4000)).unwrap();
+        r.tx.add_chain(&[(BUFS + 0x4000, pkt.len() as u32, false)]);
+        r.tx.kick();
+        assert!(r.peer.recv_matching(WAIT, |p| p == f.as_slice()).is_some());
+    })
+    .unwrap();
+}
+
+#[test]
+fn hostile_rx_chain_and_ring_index() {
+    let ns = quiet_ns("vnetring");
+    ns.run(|| {
+        let mut r = rig("vring0", u64::MAX);
+        // A read-only rx buffer: nothing can be written, the frame is dropped.
+        r.rx.add_chain(&[(BUFS, 4096, false)]);
+        r.rx.kick();
+        r.peer.send(&frame(r.guest, MacAddr::random_local(), 100, 1)).unwrap();
+        assert_eq!(r.rx.wait_used(1, WAIT), vec![(0, 0)]);
+        assert!(wait_for(WAIT, || counter(&r.net, "rx_errors") == 1));
+        // An available index 1000 entries ahead of a 256-entry ring breaks
+        // the device: it asks for a reset instead of reading garbage.
+        r.tx.set_avail_idx(1000);
+        r.tx.kick();
+        assert!(wait_for(WAIT, || r.irq.resets.load(Ordering::SeqCst) == 1));
+    })
+    .unwrap();
+}
+
+#[test]
+fn reset_pause_resume_and_snapshot() {
+    let ns = quiet_ns("vnetlife");
+    ns.run(|| {
+        let mut r = rig("vlife0", u64::MAX);
+        r.net.pause().unwrap();
+        let f = frame(MacAddr::random_local(), r.guest, 80, 4);
+        let mut pkt = vec![0u8; HDR_LEN];
+        pkt.extend_from_slice(&f);
+        r.mem.write_slice(&pkt, GuestAddress(BUFS)).unwrap();
+        r.tx.add_chain(&[(BUFS, pkt.len() as u32, false)]);
+        r.tx.kick();
+        assert!(r.peer.recv_matching(Duration::from_millis(200), |p| p == f.as_slice()).is_none());
+        r.net.resume().unwrap();
+        assert!(r.peer.recv_matching(WAIT, |p| p == f.as_slice()).is_some(), "nothing sent after resume");
+        let snap = r.net.snapshot().unwrap().unwrap();
+        let st: NetState = snap.to_state().unwrap();
+        assert_eq!(st.mac, r.guest);
+        assert_eq!(st.tap, "vlife0");
+        r.net.reset();
+        // A fresh device restored from the snapshot takes the snapshot's MAC.
+        let tap = Tap::open("vlife1").unwrap();
+        let mut other = Net::with_tap("net0", tap, MacAddr::random_local()).unwrap();
+        other.restore(&snap).unwrap();
+        assert_eq!(other.mac(), r.guest);
+    })
+    .unwrap();
+}
