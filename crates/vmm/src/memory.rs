@@ -1,0 +1,114 @@
+//! Guest RAM: memfd-backed (so the balloon can punch holes and snapshots can
+//! map it), optionally on hugetlb pages, laid out around the 32-bit MMIO hole.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::FromRawFd;
+
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error(transparent)]
+    Layout(#[from] arch::memory::MemoryLayoutError),
+    #[error("cannot create guest memory file: {0}")]
+    Memfd(std::io::Error),
+    #[error("cannot size guest memory to {size} bytes: {source}")]
+    Truncate { size: u64, source: std::io::Error },
+    #[error(
+        "--hugepages needs {need} free 2 MiB huge pages but the host has {free}: reserve them with 'echo {need} > /proc/sys/vm/nr_hugepages'"
+    )]
+    NoHugepages { need: u64, free: u64 },
+    #[error("cannot map guest memory region at {addr:#x}: {source}")]
+    Mmap { addr: u64, source: vm_memory::mmap::MmapRegionError },
+    #[error("guest memory regions overlap or are invalid: {0}")]
+    Regions(vm_memory::GuestRegionCollectionError),
+}
+
+const HUGE_PAGE_SIZE: u64 = 2 << 20;
+
+/// Free 2 MiB huge pages on the host.
+pub fn free_hugepages() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("HugePages_Free:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn memfd(name: &str, hugetlb: bool) -> Result<File, MemoryError> {
+    let cname = CString::new(name).expect("static name has no NUL");
+    let mut flags = libc::MFD_CLOEXEC;
+    if hugetlb {
+        flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
+    }
+    // SAFETY: memfd_create takes a valid NUL-terminated name and flags; the
+    // return value is checked before the fd is used.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a freshly created descriptor nobody else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Create guest memory of `size` bytes.
+pub fn create_guest_memory(size: u64, hugepages: bool) -> Result<GuestMemoryMmap, MemoryError> {
+    let regions = arch::memory::ram_regions(size)?;
+    if hugepages {
+        let need = size.div_ceil(HUGE_PAGE_SIZE);
+        let free = free_hugepages();
+        if free < need {
+            return Err(MemoryError::NoHugepages { need, free });
+        }
+    }
+    let file = memfd("tern-guest-ram", hugepages)?;
+    file.set_len(size).map_err(|source| MemoryError::Truncate { size, source })?;
+    let mut offset = 0u64;
+    let mut mapped = Vec::new();
+    for (addr, len) in regions {
+        let fo = FileOffset::new(file.try_clone().map_err(MemoryError::Memfd)?, offset);
+        let region = MmapRegion::build(
+            Some(fo),
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_NORESERVE,
+        )
+        .map_err(|source| MemoryError::Mmap { addr, source })?;
+        let r = GuestRegionMmap::new(region, GuestAddress(addr))
+            .ok_or(MemoryError::Regions(vm_memory::GuestRegionCollectionError::NoMemoryRegion))?;
+        mapped.push(r);
+        offset += len;
+    }
+    GuestMemoryMmap::from_regions(mapped).map_err(MemoryError::Regions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+
+    #[test]
+    fn memory_splits_around_hole_and_is_usable() {
+        let m = create_guest_memory(64 << 20, false).unwrap();
+        assert_eq!(m.num_regions(), 1);
+        m.write_obj(0xdead_beef_u32, GuestAddress(0x1000)).unwrap();
+        assert_eq!(m.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        // Not actually touching 4 GiB: MAP_NORESERVE keeps this cheap.
+        let big = create_guest_memory(4 << 30, false).unwrap();
+        assert_eq!(big.num_regions(), 2);
+        assert_eq!(big.iter().nth(1).unwrap().start_addr(), GuestAddress(4 << 30));
+    }
+
+    #[test]
+    fn hugepages_without_reservation_is_a_clear_error() {
+        if free_hugepages() >= 64 {
+            return;
+        }
+        let e = create_guest_memory(128 << 20, true).unwrap_err();
+        assert!(e.to_string().contains("nr_hugepages"), "{e}");
+    }
+}
