@@ -1,0 +1,178 @@
+//! Balloon queue processing on the worker thread: inflate releases guest
+//! pages to the host, deflate only counts (pages fault back in on use),
+//! and the stats queue keeps the latest guest statistics.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use devices::GuestMemory;
+use virtio_queue::Queue;
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::{BalloonShared, BalloonStats};
+use crate::device::VirtioInterrupt;
+use crate::queue::{QueueError, add_used, drain_queue, notify_used, parse_chain, pop_chain, read_bufs};
+use crate::worker::{DeviceBroken, QueueHandler};
+
+/// The balloon always speaks in 4 KiB pages, whatever the guest page size.
+pub const PAGE_SHIFT: u64 = 12;
+pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+/// PFNs per inflate/deflate chain we accept (the Linux driver sends 256).
+const MAX_PFNS: u64 = 1 << 16;
+/// Size of one stats entry: u16 tag, u64 value (packed).
+const STAT_LEN: usize = 10;
+const MAX_STATS: usize = 64;
+
+pub const INFLATE: usize = 0;
+pub const DEFLATE: usize = 1;
+pub const STATS: usize = 2;
+pub const TIMER_TOKEN: u64 = 0;
+
+fn broken(e: QueueError) -> DeviceBroken {
+    DeviceBroken(format!("virtio-balloon: {e}"))
+}
+
+pub struct BalloonHandler {
+    pub mem: GuestMemory,
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    /// inflate, deflate and (when negotiated) stats.
+    pub queues: Vec<Queue>,
+    pub index: Vec<u16>,
+    pub shared: Arc<BalloonShared>,
+    /// The stats buffer the driver handed us, held until we want fresh stats.
+    pub stats_head: Option<u16>,
+    pub timer: Option<TimerFd>,
+}
+
+/// Give the host pages `[addr, addr + len)` of guest memory back: the
+/// mapping stays, its contents become zero-fill-on-demand.
+pub fn discard_range(mem: &GuestMemoryMmap, addr: GuestAddress, len: u64) -> Result<(), std::io::Error> {
+    let (region, raddr) = mem
+        .to_region_addr(addr)
+        .ok_or_else(|| std::io::Error::other(format!("page {:#x} is outside guest memory", addr.0)))?;
+    if raddr.0.checked_add(len).is_none_or(|end| end > region.len()) {
+        return Err(std::io::Error::other(format!("range {:#x}+{len:#x} crosses a memory region", addr.0)));
+    }
+    let host = region.get_host_address(raddr).map_err(std::io::Error::other)?;
+    // Shared file mappings (memfd, hugetlbfs) keep pages in the file unless
+    // the hole is punched (MADV_REMOVE); private anonymous memory is freed by
+    // MADV_DONTNEED.
+    let advice = if region.file_offset().is_some() { libc::MADV_REMOVE } else { libc::MADV_DONTNEED };
+    // SAFETY: [host, host + len) lies inside one guest memory mapping
+    // (checked above). Discarding guest pages cannot affect host memory
+    // safety: the guest sees zeroes on its next access.
+    let mut r = unsafe { libc::madvise(host.cast(), len as usize, advice) };
+    if r < 0 && advice == libc::MADV_REMOVE {
+        // SAFETY: as above.
+        r = unsafe { libc::madvise(host.cast(), len as usize, libc::MADV_DONTNEED) };
+    }
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+impl BalloonHandler {
+    /// Inflate: the guest gave these pages up.
+    fn process_pfns(&mut self, which: usize) -> Result<(), DeviceBroken> {
+        let guard = self.mem.memory();
+        let mem: &GuestMemoryMmap = &guard;
+        let shared = &self.shared;
+        let inflate = which == INFLATE;
+        drain_queue(&mut self.queues[which], mem, &*self.interrupt, self.index[which], |chain| {
+            let Ok(p) = parse_chain(chain, MAX_PFNS * 4) else {
+                shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                return Some(0);
+            };
+            let mut raw = vec![0u8; p.readable_len() as usize & !3];
+            if read_bufs(mem, &p.readable, 0, &mut raw).ok() != Some(raw.len()) {
+                shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                return Some(0);
+            }
+            let mut pfns: Vec<u64> =
+                raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64).collect();
+            if !inflate {
+                shared.counters.deflated_pages.fetch_add(pfns.len() as u64, Ordering::Relaxed);
+                return Some(0);
+            }
+            shared.counters.inflated_pages.fetch_add(pfns.len() as u64, Ordering::Relaxed);
+            // Coalesce runs of consecutive pages into one madvise each.
+            pfns.sort_unstable();
+            pfns.dedup();
+            let mut i = 0;
+            while i < pfns.len() {
+                let mut j = i + 1;
+                while j < pfns.len() && pfns[j] == pfns[j - 1] + 1 {
+                    j += 1;
+                }
+                let addr = GuestAddress(pfns[i] << PAGE_SHIFT);
+                if let Err(e) = discard_range(mem, addr, (j - i) as u64 * PAGE_SIZE) {
+                    tracing::debug!("virtio-balloon: cannot discard: {e}");
+                    shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                i = j;
+            }
+            Some(0)
+        })
+        .map_err(broken)?;
+        Ok(())
+    }
+
+    /// The driver (re)filled the stats buffer: record it and keep the buffer.
+    fn process_stats(&mut self) -> Result<(), DeviceBroken> {
+        let guard = self.mem.memory();
+        let mem: &GuestMemoryMmap = &guard;
+        let q = &mut self.queues[STATS];
+        while let Some(chain) = pop_chain(q, mem).map_err(broken)? {
+            let head = chain.head_index();
+            // A second buffer while we hold one: return the old one unused.
+            if let Some(old) = self.stats_head.replace(head) {
+                add_used(q, mem, old, 0).map_err(broken)?;
+            }
+            let Ok(p) = parse_chain(chain, (MAX_STATS * STAT_LEN) as u64) else {
+                self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let mut raw = vec![0u8; p.readable_len() as usize];
+            if read_bufs(mem, &p.readable, 0, &mut raw).ok() != Some(raw.len()) {
+                self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let mut stats = BalloonStats::default();
+            for e in raw.chunks_exact(STAT_LEN) {
+                let tag = u16::from_le_bytes([e[0], e[1]]);
+                let val = u64::from_le_bytes(e[2..10].try_into().unwrap_or_default());
+                stats.set(tag, val);
+            }
+            *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
+            self.shared.counters.stats_updates.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Ask the driver for fresh statistics by returning its buffer.
+    fn request_stats(&mut self) -> Result<(), DeviceBroken> {
+        if let Some(t) = self.timer.as_mut() {
+            let _ = t.wait();
+        }
+        let Some(head) = self.stats_head.take() else { return Ok(()) };
+        let guard = self.mem.memory();
+        let mem: &GuestMemoryMmap = &guard;
+        let q = &mut self.queues[STATS];
+        add_used(q, mem, head, 0).map_err(broken)?;
+        notify_used(q, mem, &*self.interrupt, self.index[STATS]).map_err(broken)
+    }
+}
+
+impl QueueHandler for BalloonHandler {
+    fn queue_notified(&mut self, index: usize) -> Result<(), DeviceBroken> {
+        match index {
+            INFLATE | DEFLATE => self.process_pfns(index),
+            STATS if self.queues.len() > STATS => self.process_stats(),
+            _ => Ok(()),
+        }
+    }
+
+    fn fd_ready(&mut self, token: u64, _events: EventSet) -> Result<(), DeviceBroken> {
+        if token == TIMER_TOKEN && self.queues.len() > STATS { self.request_stats() } else { Ok(()) }
+    }
+}
