@@ -165,8 +165,22 @@ fn pit_calibrate() -> Option<u64> {
     let first = read();
     let start_tsc = rdtsc();
     let mut reads = 0u32;
+    let mut last = first;
+    let mut unchanged = 0u32;
     loop {
         let now = read();
+        // A live PIT moves between two reads (each is a VM exit, > 1 us);
+        // no PIT reads back a constant: give up quickly.
+        if now == last {
+            unchanged += 1;
+            if unchanged > 100 {
+                restore(gate);
+                return None;
+            }
+        } else {
+            unchanged = 0;
+            last = now;
+        }
         let elapsed = first.wrapping_sub(now) & 0xffff;
         if elapsed >= PIT_HZ / 100 && now < first {
             let cycles = rdtsc() - start_tsc;
@@ -174,7 +188,7 @@ fn pit_calibrate() -> Option<u64> {
             return Some(cycles * PIT_HZ / elapsed);
         }
         reads += 1;
-        if reads > 200_000 {
+        if reads > 100_000 {
             restore(gate);
             return None;
         }
