@@ -55,8 +55,12 @@ pub struct Hypervisor {
 impl Hypervisor {
     /// Open `/dev/kvm` (or `path`), check the API version and the required
     /// capabilities.
+    /// `TERN_KVM_DEVICE` overrides the path (for tests and unusual hosts).
     pub fn new() -> Result<Self, HypervisorError> {
-        Self::open(Path::new("/dev/kvm"))
+        match std::env::var_os("TERN_KVM_DEVICE") {
+            Some(p) => Self::open(Path::new(&p)),
+            None => Self::open(Path::new("/dev/kvm")),
+        }
     }
 
     pub fn open(path: &Path) -> Result<Self, HypervisorError> {

@@ -1,0 +1,137 @@
+//! The per-VM control socket: info, pause/resume, counters, power button, stop.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use api::{Request, RunState, VmInfo};
+use common::*;
+
+const T: Duration = Duration::from_secs(5);
+
+fn call(sock: &Path, req: Request) -> Option<serde_json::Value> {
+    api::call(sock, &req, T).unwrap_or_else(|e| panic!("{req:?}: {e}"))
+}
+
+fn ticks(log: &Path) -> usize {
+    std::fs::read_to_string(log).unwrap_or_default().matches("TERN tick=").count()
+}
+
+#[test]
+fn pause_resume_info_counters_and_stop() {
+    let dir = TempDir::new("ctl");
+    let elf = guest_elf(&dir);
+    let sock = dir.join("api.sock");
+    let log = dir.join("serial.log");
+    let child = tern()
+        .args(["run", "--cpus", "2", "--cmdline", "tern.test=spin", "--kernel"])
+        .arg(&elf)
+        .arg("--api-socket")
+        .arg(&sock)
+        .arg("--serial")
+        .arg(format!("file={}", log.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_path(&sock, T);
+    wait_for_text(&log, "TERN tick=2", Duration::from_secs(20));
+
+    let info: VmInfo = serde_json::from_value(call(&sock, Request::Info).unwrap()).unwrap();
+    assert_eq!(info.state, RunState::Running);
+    assert_eq!(info.vcpus, 2);
+    assert_eq!(info.pid, child.id());
+
+    call(&sock, Request::Pause);
+    let info: VmInfo = serde_json::from_value(call(&sock, Request::Info).unwrap()).unwrap();
+    assert_eq!(info.state, RunState::Paused);
+    let before = ticks(&log);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ticks(&log), before, "guest kept printing while paused");
+    // A second pause is refused with a reason.
+    let e = api::call(&sock, &Request::Pause, T).unwrap_err();
+    assert!(e.to_string().contains("already paused"), "{e}");
+
+    call(&sock, Request::Resume);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ticks(&log) <= before {
+        assert!(Instant::now() < deadline, "guest did not resume");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let c: api::Counters = serde_json::from_value(call(&sock, Request::Counters).unwrap()).unwrap();
+    assert_eq!(c.vcpu_exits.len(), 2);
+    assert!(c.vcpu_exits[0]["io"] > 0, "{c:?}");
+    assert!(c.devices["serial0"]["bytes_out"] > 0, "{c:?}");
+
+    // Garbage on the socket gets an error line, not a dead VMM.
+    {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.write_all(b"{\"command\":\"explode\"}\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        assert!(line.contains("\"ok\":false") && line.contains("invalid request"), "{line}");
+    }
+
+    call(&sock, Request::Stop);
+    let out = wait_with_timeout(child, T);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!sock.exists(), "control socket left behind");
+}
+
+#[test]
+fn a_halted_guest_can_still_be_stopped() {
+    let dir = TempDir::new("hlt");
+    let elf = guest_elf(&dir);
+    let sock = dir.join("api.sock");
+    let log = dir.join("serial.log");
+    let child = tern()
+        .args(["run", "--cmdline", "tern.test=hlt", "--kernel"])
+        .arg(&elf)
+        .arg("--api-socket")
+        .arg(&sock)
+        .arg("--serial")
+        .arg(format!("file={}", log.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_path(&sock, T);
+    wait_for_text(&log, "state=halted", Duration::from_secs(20));
+    call(&sock, Request::Pause);
+    call(&sock, Request::Stop);
+    let out = wait_with_timeout(child, T);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn busy_control_socket_is_refused() {
+    let dir = TempDir::new("busy");
+    let elf = guest_elf(&dir);
+    let sock = dir.join("api.sock");
+    let first = tern()
+        .args(["run", "--cmdline", "tern.test=spin", "--serial", "none", "--kernel"])
+        .arg(&elf)
+        .arg("--api-socket")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_path(&sock, T);
+    std::thread::sleep(Duration::from_millis(100));
+    let out = run_with_timeout(
+        tern().args(["run", "--serial", "none", "--kernel"]).arg(&elf).arg("--api-socket").arg(&sock),
+        T,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("in use by a running VM"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    call(&sock, Request::Stop);
+    let out = wait_with_timeout(first, T);
+    assert_eq!(out.status.code(), Some(0));
+}
