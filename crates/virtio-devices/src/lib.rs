@@ -9,6 +9,7 @@
 
 pub mod attach;
 pub mod balloon;
+pub mod block;
 pub mod common;
 pub mod device;
 pub mod net;

@@ -16,6 +16,7 @@ use crate::transport::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STAT
 
 pub const F_NEXT: u16 = 1;
 pub const F_WRITE: u16 = 2;
+pub const F_INDIRECT: u16 = 4;
 pub const MEM_SIZE: u64 = 0x40_0000;
 
 pub fn guest_memory() -> GuestMemory {

@@ -1,0 +1,341 @@
+//! virtio-blk (virtio 1.x section 5.2) over an `image::BlockBackend` (raw or
+//! qcow2): read, write, flush, get-id, discard and write-zeroes, with a
+//! blocking engine on the worker thread (`io=threads`) or io_uring
+//! (`io=io_uring`, raw images) and O_DIRECT for `cache=none`.
+
+pub mod config;
+pub mod request;
+mod uring;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use devices::GuestMemory;
+use image::{BlockBackend, Format, OpenOptions};
+use migration::{MigrationError, Pausable, Snapshot, Snapshottable};
+use virtio_bindings::virtio_blk::*;
+use virtio_queue::Queue;
+use vm_memory::GuestAddressSpace;
+use vmm_sys_util::epoll::EventSet;
+
+pub use config::{CacheMode, DiskConfig, DiskConfigError, DiskFormat, IoEngine};
+use request::{Kind, Limits, SECTOR_SIZE};
+
+use crate::common::DeviceCommon;
+use crate::device::{
+    ActivateError, ActiveQueue, COMMON_FEATURES, TYPE_BLOCK, VirtioDevice, VirtioInterrupt, check_queue_count,
+    read_config_bytes,
+};
+use crate::queue::{drain_queue, parse_chain};
+use crate::worker::{DeviceBroken, QueueHandler};
+
+pub const QUEUE_SIZE: u16 = 256;
+/// Largest single segment the driver may use (advertised as size_max).
+pub const SIZE_MAX: u32 = 1 << 20;
+/// Largest request accepted; bigger chains are answered with no data.
+pub const MAX_REQUEST_BYTES: u64 = 64 << 20;
+const CONFIG_LEN: usize = 60;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("cannot open disk {path}: {source}")]
+    Open { path: String, source: image::Error },
+    #[error("disk {0} is smaller than one 512-byte sector")]
+    TooSmall(String),
+}
+
+#[derive(Default)]
+pub(crate) struct BlockCounters {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub write_bytes: AtomicU64,
+    pub flushes: AtomicU64,
+    pub discards: AtomicU64,
+    pub errors: AtomicU64,
+    /// Requests that went through io_uring (the rest ran blocking).
+    pub async_ops: AtomicU64,
+}
+
+impl BlockCounters {
+    pub(crate) fn account(&self, kind: Kind, status: u8, bytes: u64) {
+        if status != request::S_OK {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match kind {
+            Kind::In => {
+                self.reads.fetch_add(1, Ordering::Relaxed);
+                self.read_bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Kind::Out => {
+                self.writes.fetch_add(1, Ordering::Relaxed);
+                self.write_bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Kind::Flush => {
+                self.flushes.fetch_add(1, Ordering::Relaxed);
+            }
+            Kind::Discard | Kind::WriteZeroes => {
+                self.discards.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BlockState {
+    pub acked_features: u64,
+    pub capacity_sectors: u64,
+}
+
+pub struct Block {
+    common: DeviceCommon,
+    cfg: DiskConfig,
+    disk: Arc<dyn BlockBackend>,
+    limits: Limits,
+    config_space: [u8; CONFIG_LEN],
+    serial: Vec<u8>,
+    counters: Arc<BlockCounters>,
+}
+
+fn feature(bit: u32) -> u64 {
+    1 << bit
+}
+
+impl Block {
+    /// Open the disk described by `cfg` as device `id`.
+    pub fn new(id: &str, cfg: &DiskConfig) -> Result<Self, BlockError> {
+        let opts = OpenOptions {
+            format: match cfg.format {
+                DiskFormat::Auto => None,
+                DiskFormat::Raw => Some(Format::Raw),
+                DiskFormat::Qcow2 => Some(Format::Qcow2),
+            },
+            readonly: cfg.readonly,
+            direct: cfg.cache == CacheMode::None,
+            ..Default::default()
+        };
+        let disk: Arc<dyn BlockBackend> = Arc::from(
+            image::open_with(&cfg.path, &opts)
+                .map_err(|source| BlockError::Open { path: cfg.path.display().to_string(), source })?,
+        );
+        Self::with_backend(id, cfg, disk)
+    }
+
+    /// A device over an already open backend.
+    pub fn with_backend(id: &str, cfg: &DiskConfig, disk: Arc<dyn BlockBackend>) -> Result<Self, BlockError> {
+        let capacity_sectors = disk.size() / SECTOR_SIZE;
+        if capacity_sectors == 0 {
+            return Err(BlockError::TooSmall(cfg.path.display().to_string()));
+        }
+        let readonly = cfg.readonly || disk.is_readonly();
+        let limits = Limits {
+            capacity_sectors,
+            max_discard_sectors: 0x40_0000,
+            max_discard_seg: 32,
+            max_write_zeroes_sectors: 0x40_0000,
+            max_write_zeroes_seg: 32,
+            readonly,
+            discard: !readonly,
+            write_zeroes: !readonly,
+        };
+        let mut features = COMMON_FEATURES
+            | feature(VIRTIO_BLK_F_SIZE_MAX)
+            | feature(VIRTIO_BLK_F_SEG_MAX)
+            | feature(VIRTIO_BLK_F_BLK_SIZE)
+            | feature(VIRTIO_BLK_F_FLUSH)
+            | feature(VIRTIO_BLK_F_TOPOLOGY);
+        if readonly {
+            features |= feature(VIRTIO_BLK_F_RO);
+        } else {
+            features |= feature(VIRTIO_BLK_F_DISCARD) | feature(VIRTIO_BLK_F_WRITE_ZEROES);
+        }
+        let serial = cfg.serial.clone().unwrap_or_else(|| id.to_string()).into_bytes();
+        let mut dev = Self {
+            common: DeviceCommon::new(id, features, vec![QUEUE_SIZE]),
+            cfg: cfg.clone(),
+            disk,
+            limits,
+            config_space: [0; CONFIG_LEN],
+            serial,
+            counters: Arc::default(),
+        };
+        dev.build_config();
+        Ok(dev)
+    }
+
+    fn build_config(&mut self) {
+        let l = &self.limits;
+        let c = &mut self.config_space;
+        c[0..8].copy_from_slice(&l.capacity_sectors.to_le_bytes());
+        c[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        c[12..16].copy_from_slice(&(QUEUE_SIZE as u32 - 2).to_le_bytes());
+        c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+        // Topology: 4 KiB physical blocks (2^3 logical), min I/O one block.
+        c[24] = 3;
+        c[26..28].copy_from_slice(&1u16.to_le_bytes());
+        c[34..36].copy_from_slice(&1u16.to_le_bytes());
+        c[36..40].copy_from_slice(&l.max_discard_sectors.to_le_bytes());
+        c[40..44].copy_from_slice(&l.max_discard_seg.to_le_bytes());
+        c[44..48].copy_from_slice(&8u32.to_le_bytes());
+        c[48..52].copy_from_slice(&l.max_write_zeroes_sectors.to_le_bytes());
+        c[52..56].copy_from_slice(&l.max_write_zeroes_seg.to_le_bytes());
+        c[56] = 1;
+    }
+
+    pub fn config(&self) -> &DiskConfig {
+        &self.cfg
+    }
+}
+
+pub(crate) struct BlockHandler {
+    pub mem: GuestMemory,
+    pub queue: Queue,
+    pub index: u16,
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    pub disk: Arc<dyn BlockBackend>,
+    pub limits: Limits,
+    pub serial: Vec<u8>,
+    pub counters: Arc<BlockCounters>,
+    pub scratch: Vec<u8>,
+}
+
+impl BlockHandler {
+    fn process_sync(&mut self) -> Result<(), DeviceBroken> {
+        let mem = self.mem.memory();
+        let (disk, limits, serial, counters, scratch) =
+            (&*self.disk, &self.limits, &self.serial, &self.counters, &mut self.scratch);
+        drain_queue(&mut self.queue, &*mem, &*self.interrupt, self.index, |chain| {
+            let parsed = match parse_chain(chain, MAX_REQUEST_BYTES) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!("virtio-blk: bad chain: {e}");
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    return Some(0);
+                }
+            };
+            let req = match request::parse(&*mem, &parsed) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!("virtio-blk: bad request: {e}");
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    return Some(0);
+                }
+            };
+            let (status, written) = request::execute(&*mem, &req, disk, limits, serial, scratch);
+            counters.account(req.kind, status, req.data_len);
+            request::complete(&*mem, &req, status);
+            Some(written + 1)
+        })
+        .map(|_| ())
+        .map_err(|e| DeviceBroken(format!("virtio-blk: {e}")))
+    }
+}
+
+impl QueueHandler for BlockHandler {
+    fn queue_notified(&mut self, _index: usize) -> Result<(), DeviceBroken> {
+        self.process_sync()
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.common.queue_sizes
+    }
+    fn features(&self) -> u64 {
+        self.common.avail_features
+    }
+    fn ack_features(&mut self, features: u64) {
+        self.common.ack(features);
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config_space, offset, data);
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<ActiveQueue>,
+    ) -> Result<(), ActivateError> {
+        check_queue_count(&self.common.id, 1, &queues)?;
+        let (mut qs, idx, evts) = DeviceCommon::split(queues);
+        let handler = BlockHandler {
+            mem,
+            queue: qs.remove(0),
+            index: idx[0],
+            interrupt: interrupt.clone(),
+            disk: self.disk.clone(),
+            limits: self.limits,
+            serial: self.serial.clone(),
+            counters: self.counters.clone(),
+            scratch: Vec::new(),
+        };
+        let use_uring = self.cfg.io == IoEngine::IoUring && self.disk.format() == Format::Raw;
+        if self.cfg.io == IoEngine::IoUring && !use_uring {
+            tracing::warn!("{}: io=io_uring works on raw images; using threads for this qcow2 disk", self.common.id);
+        }
+        if use_uring {
+            let engine = uring::UringHandler::new(handler, &self.cfg)
+                .map_err(|e| ActivateError::Backend(self.common.id.clone(), e.to_string()))?;
+            let fd = engine.completion_fd();
+            return self.common.start(evts, vec![(fd, EventSet::IN, 0)], interrupt, Box::new(engine));
+        }
+        self.common.start(evts, vec![], interrupt, Box::new(handler))
+    }
+    fn reset(&mut self) {
+        self.common.reset();
+    }
+    fn counters(&self) -> BTreeMap<String, u64> {
+        let c = &self.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        BTreeMap::from([
+            ("read_ops".into(), l(&c.reads)),
+            ("write_ops".into(), l(&c.writes)),
+            ("read_bytes".into(), l(&c.read_bytes)),
+            ("write_bytes".into(), l(&c.write_bytes)),
+            ("flush_ops".into(), l(&c.flushes)),
+            ("discard_ops".into(), l(&c.discards)),
+            ("errors".into(), l(&c.errors)),
+            ("async_ops".into(), l(&c.async_ops)),
+        ])
+    }
+}
+
+impl Pausable for Block {
+    fn pause(&mut self) -> Result<(), MigrationError> {
+        self.common.pause()
+    }
+    fn resume(&mut self) -> Result<(), MigrationError> {
+        self.common.resume()
+    }
+}
+
+impl Snapshottable for Block {
+    fn id(&self) -> String {
+        self.common.id.clone()
+    }
+    fn snapshot(&mut self) -> Result<Option<Snapshot>, MigrationError> {
+        let st =
+            BlockState { acked_features: self.common.acked_features, capacity_sectors: self.limits.capacity_sectors };
+        Snapshot::new(&self.common.id, &st).map(Some)
+    }
+    fn restore(&mut self, s: &Snapshot) -> Result<(), MigrationError> {
+        let st: BlockState = s.to_state()?;
+        if st.capacity_sectors != self.limits.capacity_sectors {
+            return Err(MigrationError::Restore(
+                self.common.id.clone(),
+                format!("disk has {} sectors, snapshot expects {}", self.limits.capacity_sectors, st.capacity_sectors),
+            ));
+        }
+        self.common.ack(st.acked_features);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
