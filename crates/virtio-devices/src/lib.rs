@@ -11,6 +11,7 @@ pub mod attach;
 pub mod balloon;
 pub mod block;
 pub mod common;
+pub mod console;
 pub mod device;
 pub mod net;
 pub mod queue;
