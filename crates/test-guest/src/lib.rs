@@ -53,7 +53,10 @@
 //!   stacks: BSP 64 KiB, exception 16 KiB, 64 × 8 KiB AP stacks).
 //! * 0x10000..0x11000: the AP trampoline (smp scenario only; SIPI vector 0x10).
 //! * Everything below 2 MiB is the guest's; the `memory` scenario tests RAM
-//!   from 2 MiB to 4 GiB. The VMM's boot structures (zero page, start_info,
+//!   from 2 MiB to 4 GiB.
+//! * virtio scenarios only: 2..4 MiB DMA pages (virtqueues, buffers), 4..6 MiB
+//!   heap (bump allocators, never freed); `virtio-balloon` gives away the
+//!   highest pages of RAM below 4 GiB. The VMM's boot structures (zero page, start_info,
 //!   cmdline, ACPI) are only read, before any scenario writes memory.
 //!
 //! # Scenarios (`tern.test=<name>`, default `demo`)
@@ -175,6 +178,82 @@ pub const SCENARIOS: &[Scenario] = &[
         ends_with: "KVM_EXIT_INTERNAL_ERROR: POPCNT with an MMIO operand at CPL0 (KVM's emulator lacks POPCNT)",
     },
 ];
+
+/// virtio scenarios (all at CPL3, polling, driven by the `virtio-drivers`
+/// crate). The device is found on virtio-mmio (Tern's window 0xd0000000 +
+/// i * 0x1000, 64 slots, then QEMU microvm's 0xfeb00000 + i * 0x200, 32
+/// slots, by magic) or PCI bus 0 through ECAM (MCFG base, else 0xe0000000;
+/// unassigned BARs get addresses from 0xc0000000). `tern.virtio=mmio|pci`
+/// restricts the search. Every one ends with `TERN test=<name>
+/// result=pass|fail ... transport=mmio|pci` and exit code 0 / 1;
+/// `reason=no-device` when there is none.
+pub const VIRTIO_SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "virtio-blk",
+        params: "tern.blk_sectors=N (64), tern.blk_start=N (0), tern.blk_mode=read (only read)",
+        reports: "`TERN virtio-blk transport=.. capacity=N readonly=..`, `TERN test=virtio-blk result=pass sectors=N \
+                  mode=write-read|read checksum=0x.. mismatches=0 transport=..` (checksum: FNV-1a over the \
+                  sectors read, see [`blk_checksum`]; written data: [`blk_sector_pattern`])",
+        ends_with: "exit code 0 / 1",
+    },
+    Scenario {
+        name: "virtio-net",
+        params: "tern.net_ip (10.0.2.15), tern.net_peer (10.0.2.2), tern.net_ping=0, tern.net_timeout_ms (3000)",
+        reports: "`TERN virtio-net transport=.. mac=..`, `TERN virtio-net arp peer_mac=..`, \
+                  `TERN metric=virtio-net-ping-rtt value=N unit=us`, \
+                  `TERN test=virtio-net result=pass tx=N rx=N arp=ok ping=ok transport=..` \
+                  (ARP request for the peer, then an ICMP echo to it)",
+        ends_with: "exit code 0 / 1",
+    },
+    Scenario {
+        name: "virtio-rng",
+        params: "tern.rng_bytes=N (64)",
+        reports: "`TERN test=virtio-rng result=pass bytes=N distinct=N transport=..` (fails if all bytes are equal)",
+        ends_with: "exit code 0 / 1",
+    },
+    Scenario {
+        name: "virtio-console",
+        params: "",
+        reports: "writes `TERN virtio-console hello\\n` to the device; `TERN test=virtio-console result=pass bytes=26 ..`",
+        ends_with: "exit code 0 / 1",
+    },
+    Scenario {
+        name: "virtio-vsock",
+        params: "tern.vsock_port=N (1234), tern.vsock_timeout_ms (5000)",
+        reports: "connects to CID 2 port N from guest port 50000, sends `TERN vsock hello\\n`, waits for any reply: \
+                  `TERN virtio-vsock received=\"..\"`, `TERN test=virtio-vsock result=pass sent=17 received=N ..`",
+        ends_with: "exit code 0 / 1",
+    },
+    Scenario {
+        name: "virtio-balloon",
+        params: "tern.balloon_pages=N (the device's num_pages, else 256)",
+        reports: "`TERN virtio-balloon transport=.. num_pages=N inflating=N`, \
+                  `TERN test=virtio-balloon result=pass pages=N ..` (then `actual` = N)",
+        ends_with: "exit code 0 / 1",
+    },
+];
+
+/// The 512 bytes the `virtio-blk` scenario writes to `sector`: `TERNBLK\0`,
+/// the sector number (u64 LE), then `(sector * 7 + i) as u8` for i in 16..512.
+pub fn blk_sector_pattern(sector: u64) -> [u8; 512] {
+    let mut s = [0u8; 512];
+    s[..8].copy_from_slice(b"TERNBLK\0");
+    s[8..16].copy_from_slice(&sector.to_le_bytes());
+    for (i, b) in s.iter_mut().enumerate().skip(16) {
+        *b = (sector.wrapping_mul(7).wrapping_add(i as u64)) as u8;
+    }
+    s
+}
+
+/// The checksum `virtio-blk` reports: FNV-1a 64 over the bytes it read.
+pub fn blk_checksum(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
 
 /// Write the guest image to `path` (e.g. for `tern run --kernel` or QEMU).
 pub fn write_guest(path: &Path) -> io::Result<()> {

@@ -6,12 +6,16 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 mod acpi;
+mod blk_pattern;
 mod boot;
 mod cpu;
 mod mem;
 mod pci;
 mod scenario;
+mod virtio;
 #[macro_use]
 mod serial;
 

@@ -1,6 +1,6 @@
 //! PCI bus 0 through ECAM (memory-mapped configuration space).
 
-use crate::cpu::{read32, write32};
+use crate::cpu::read32;
 
 pub const DEFAULT_ECAM: u64 = 0xe000_0000;
 
@@ -20,9 +20,6 @@ impl Function {
     }
     pub fn read(&self, off: u64) -> u32 {
         read32(self.config() + off)
-    }
-    pub fn write(&self, off: u64, v: u32) {
-        write32(self.config() + off, v)
     }
 }
 

@@ -8,7 +8,7 @@ use crate::{pci, println, tern};
 
 /// Where virtio-mmio transports may sit: (base, stride, slots). Tern's
 /// layout (arch::layout::VIRTIO_MMIO_START), then QEMU microvm's.
-const VIRTIO_MMIO_WINDOWS: [(u64, u64, u64); 2] = [(0xd000_0000, 0x1000, 64), (0xfeb0_0000, 0x200, 32)];
+pub const VIRTIO_MMIO_WINDOWS: [(u64, u64, u64); 2] = [(0xd000_0000, 0x1000, 64), (0xfeb0_0000, 0x200, 32)];
 const VIRTIO_MAGIC: u32 = 0x7472_6976; // "virt"
 
 pub fn cpu_vendor() -> [u8; 12] {

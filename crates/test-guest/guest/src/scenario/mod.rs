@@ -16,6 +16,12 @@ pub fn run(name: &[u8], boot: &BootInfo) -> ! {
         b"spin" => misc::spin(boot),
         b"poweroff" => misc::poweroff(boot),
         b"fault" => misc::fault(),
+        b"virtio-blk" => crate::virtio::blk(boot),
+        b"virtio-net" => crate::virtio::net(boot),
+        b"virtio-rng" => crate::virtio::rng(boot),
+        b"virtio-console" => crate::virtio::console(boot),
+        b"virtio-vsock" => crate::virtio::vsock(boot),
+        b"virtio-balloon" => crate::virtio::balloon(boot),
         _ if name.starts_with(b"exit:") => misc::exit_with(&name[5..]),
         _ => crate::finish(false, format_args!(" reason=unknown-scenario")),
     }

@@ -1,0 +1,77 @@
+//! Find a virtio device of a given type on virtio-mmio (Tern's and QEMU
+//! microvm's windows) or PCI bus 0 (ECAM), and hand back its transport.
+
+use core::ptr::NonNull;
+use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
+use virtio_drivers::transport::pci::bus::{BarInfo, Cam, Command, MemoryBarType, MmioCam, PciRoot};
+use virtio_drivers::transport::pci::{PciTransport, virtio_device_type};
+use virtio_drivers::transport::{DeviceType, SomeTransport};
+
+use super::hal::GuestHal;
+use crate::cpu::read32;
+use crate::scenario::demo::VIRTIO_MMIO_WINDOWS;
+
+const VIRTIO_MAGIC: u32 = 0x7472_6976;
+/// BARs the firmware left unassigned go here (Tern's 32-bit PCI window).
+const BAR_WINDOW_START: u64 = 0xc000_0000;
+const BAR_WINDOW_END: u64 = 0xd000_0000;
+
+/// Which transports to look at: `tern.virtio=mmio|pci` (default both, mmio first).
+#[derive(Clone, Copy, PartialEq)]
+pub enum Want {
+    Any,
+    Mmio,
+    Pci,
+}
+
+pub fn find(kind: DeviceType, want: Want, ecam: u64) -> Option<(SomeTransport<'static>, &'static str)> {
+    if want != Want::Pci {
+        for (start, stride, slots) in VIRTIO_MMIO_WINDOWS {
+            for slot in 0..slots {
+                let base = start + slot * stride;
+                if read32(base) != VIRTIO_MAGIC || read32(base + 8) != kind as u32 {
+                    continue;
+                }
+                let header = NonNull::new(base as *mut VirtIOHeader)?;
+                // SAFETY: a virtio-mmio register window (magic checked), identity
+                // mapped, used by nothing else in this guest.
+                match unsafe { MmioTransport::new(header, stride as usize) } {
+                    Ok(t) => return Some((SomeTransport::Mmio(t), "mmio")),
+                    Err(e) => crate::tern!("virtio-mmio addr={:#x} error=\"{}\"", base, e),
+                }
+            }
+        }
+    }
+    if want != Want::Mmio {
+        // SAFETY: ECAM of bus 0, identity mapped; this guest is its only user.
+        let cam = unsafe { MmioCam::new(ecam as *mut u8, Cam::Ecam) };
+        let mut root = PciRoot::new(cam);
+        let mut next_bar = BAR_WINDOW_START;
+        let found = root.enumerate_bus(0).find(|(_, info)| virtio_device_type(info) == Some(kind));
+        if let Some((df, _)) = found {
+            let mut bar = 0u8;
+            while bar < 6 {
+                let info = root.bar_info(df, bar).ok().flatten();
+                if let Some(BarInfo::Memory { address_type, size, address, .. }) = info {
+                    if address == 0 && size != 0 {
+                        let at = next_bar.next_multiple_of(size.max(4096) as u64);
+                        if at + size as u64 <= BAR_WINDOW_END {
+                            match address_type {
+                                MemoryBarType::Width64 => root.set_bar_64(df, bar, at),
+                                _ => root.set_bar_32(df, bar, at as u32),
+                            }
+                            next_bar = at + size as u64;
+                        }
+                    }
+                }
+                bar += if info.is_some_and(|i| i.takes_two_entries()) { 2 } else { 1 };
+            }
+            root.set_command(df, Command::MEMORY_SPACE | Command::BUS_MASTER);
+            match PciTransport::new::<GuestHal, _>(&mut root, df) {
+                Ok(t) => return Some((SomeTransport::Pci(t), "pci")),
+                Err(e) => crate::tern!("virtio-pci dev={} error=\"{}\"", df, e),
+            }
+        }
+    }
+    None
+}
