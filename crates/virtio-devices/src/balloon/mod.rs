@@ -298,7 +298,8 @@ impl VirtioDevice for Balloon {
     fn reset(&mut self) {
         self.common.reset();
         *self.shared.interrupt.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.shared.actual.store(0, Ordering::SeqCst);
+        // `actual` is kept: the transport resets the device while restoring a
+        // snapshot, and a rebooted driver rewrites it once it loads.
     }
     fn counters(&self) -> BTreeMap<String, u64> {
         let c = &self.shared.counters;

@@ -222,3 +222,40 @@ fn config_parsing() {
     let e = Balloon::new("b", &"size=100".parse().unwrap(), 64).err().unwrap();
     assert_eq!(e, BalloonError::TargetTooBig { target: 100, memory: 64 });
 }
+
+#[test]
+fn through_the_mmio_transport() {
+    use crate::testing::MmioHarness;
+    use vm_memory::GuestAddressSpace;
+    let dev = Balloon::new("balloon0", &"stats=0".parse().unwrap(), 4).unwrap();
+    let handle = dev.handle();
+    let mut h = MmioHarness::new(Arc::new(std::sync::Mutex::new(dev)));
+    assert_eq!(h.read(0x08), TYPE_BALLOON);
+    h.init(u64::MAX, &[256, 256]);
+    assert_eq!(h.status() & 0x40, 0, "device needs reset after init");
+    assert!(h.status() & 0x4 != 0, "DRIVER_OK");
+    let before = h.interrupts();
+    handle.set_target_mib(2).unwrap();
+    assert_eq!(h.interrupts(), before + 1);
+    assert!(h.read(0x60) & 2 != 0, "interrupt status shows a config change");
+    assert_eq!(h.read(0x100), 512, "num_pages");
+    h.write(0x104, 512);
+    assert_eq!(handle.actual_mib(), 2);
+    // Inflate 1 MiB at 2 MiB through queue 0.
+    let mem = h.mem.memory();
+    for p in 0..256u64 {
+        mem.write_obj(1u32, GuestAddress((2 << 20) + p * PAGE_SIZE)).unwrap();
+    }
+    let pfns: Vec<u8> = (0..256u32).flat_map(|p| (512 + p).to_le_bytes()).collect();
+    mem.write_slice(&pfns, GuestAddress(0x10_0000)).unwrap();
+    h.queues[0].add(&mem, &[(0x10_0000, pfns.len() as u32, false)]);
+    drop(mem);
+    h.kick(0);
+    assert!(h.queues[0].wait_used(&h.mem).is_some());
+    let mem = h.mem.memory();
+    let host = mem.get_host_address(GuestAddress(2 << 20)).unwrap();
+    let mut vec = vec![0u8; 256];
+    // SAFETY: one page-aligned 1 MiB range of the guest mapping; one byte per page.
+    assert_eq!(unsafe { libc::mincore(host.cast(), 1 << 20, vec.as_mut_ptr()) }, 0);
+    assert!(vec.iter().all(|b| b & 1 == 0), "inflated pages are still resident");
+}

@@ -307,3 +307,36 @@ fn config_space_and_bad_socket_path() {
     let e = Vsock::new("v", &cfg).err().unwrap().to_string();
     assert!(e.contains("not a Unix socket"), "{e}");
 }
+
+#[test]
+fn through_the_mmio_transport() {
+    use crate::testing::MmioHarness;
+    use vm_memory::GuestAddressSpace;
+    let dir = tmp_dir();
+    let cfg: VsockConfig = format!("cid=7,socket={}", dir.join("v.sock").display()).parse().unwrap();
+    let dev = Vsock::new("vsock0", &cfg).unwrap();
+    let mut h = MmioHarness::new(Arc::new(std::sync::Mutex::new(dev)));
+    assert_eq!(h.read(0x08), TYPE_VSOCK);
+    assert_eq!((h.read(0x100), h.read(0x104)), (7, 0), "guest_cid in config space");
+    h.init(u64::MAX, &[64, 64, 8]);
+    assert_eq!(h.status() & 0x40, 0);
+    let listener = UnixListener::bind(format!("{}_1000", cfg.socket.display())).unwrap();
+    let mem = h.mem.memory();
+    h.queues[0].add(&mem, &[(0x10_0000, RX_BUF, true)]);
+    let mut req = guest_hdr(50, 1000, OP_REQUEST, 0);
+    req.src_cid = 7;
+    mem.write_slice(&req.encode(), GuestAddress(0x20_0000)).unwrap();
+    h.queues[1].add(&mem, &[(0x20_0000, HDR_LEN as u32, false)]);
+    drop(mem);
+    h.kick(0);
+    h.kick(1);
+    assert!(h.queues[1].wait_used(&h.mem).is_some());
+    assert_eq!(h.queues[0].wait_used(&h.mem), Some((0, HDR_LEN as u32)));
+    let mut raw = [0u8; HDR_LEN];
+    h.mem.memory().read_slice(&mut raw, GuestAddress(0x10_0000)).unwrap();
+    let resp = Header::decode(&raw);
+    assert_eq!((resp.op, resp.dst_cid, resp.src_port, resp.dst_port), (OP_RESPONSE, 7, 1000, 50));
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_ok(), "the guest's connection reached PATH_1000");
+    let _ = std::fs::remove_dir_all(dir);
+}
