@@ -48,6 +48,11 @@ impl Qcow2 {
         Self::open_inner(path, &ImgOpen { readonly, ..Default::default() }, &mut Vec::new())
     }
 
+    /// Opens with explicit options (no backing, repair mode, backing override).
+    pub fn open_with(path: &Path, opts: &ImgOpen) -> Result<Self> {
+        Self::open_inner(path, opts, &mut Vec::new())
+    }
+
     pub(crate) fn open_inner(path: &Path, opts: &ImgOpen, seen: &mut Vec<PathBuf>) -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
@@ -337,6 +342,23 @@ impl Qcow2 {
             return Err(Error::Unsupported("downgrading an image with snapshots".into()));
         }
         Ok(())
+    }
+
+    /// Makes every guest cluster unallocated again (`commit` without `-d`).
+    pub fn make_empty(&self) -> Result<()> {
+        if self.readonly {
+            return Err(Error::ReadOnly);
+        }
+        let cs = self.cluster_size();
+        let n = self.size().div_ceil(cs);
+        let mut st = self.lock();
+        for vc in 0..n {
+            if st.l2_entry(&self.file, vc)? != 0 {
+                let old = st.set_l2_entry(&self.file, vc, 0)?;
+                st.free_entry(old)?;
+            }
+        }
+        st.flush(&self.file)
     }
 
     /// Writes a compressed cluster for guest cluster `vc` (`convert -c`).
