@@ -197,7 +197,8 @@ fn check_once(img: &Qcow2) -> Result<CheckResult> {
     let file = &img.file;
     let per = st.rc.per_block();
     let covered = st.rc.table.len() as u64 * per;
-    let n = (w.refs.len() as u64).max(covered);
+    // Like QEMU, refcounts of clusters past the end of the file are not compared.
+    let n = w.refs.len() as u64;
     let mut last_used = 0u64;
     for c in 0..n {
         let real = w.refs.get(c as usize).copied().unwrap_or(0);
@@ -259,7 +260,7 @@ fn apply_repair(img: &Qcow2, fix_corrupt: bool) -> Result<()> {
         let file = &img.file;
         let per = st.rc.per_block();
         let covered = st.rc.table.len() as u64 * per;
-        let n = (refs.len() as u64).max(covered);
+        let n = refs.len() as u64;
         let mut changed = false;
         for c in 0..n {
             let real = refs.get(c as usize).copied().unwrap_or(0);
