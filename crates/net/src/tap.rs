@@ -192,6 +192,22 @@ impl Tap {
         let n = unsafe { libc::writev(self.file.as_raw_fd(), bufs.as_ptr().cast(), cnt) };
         if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
     }
+
+    /// Write one frame gathered straight from raw buffers (e.g. guest memory),
+    /// avoiding a copy.
+    ///
+    /// # Safety
+    /// Every iovec must describe memory that stays mapped and readable for
+    /// the duration of the call (its contents may change concurrently; the
+    /// kernel copies whatever it reads).
+    pub unsafe fn writev_raw(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+        if iov.len() > libc::UIO_MAXIOV as usize {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "more than UIO_MAXIOV buffers"));
+        }
+        // SAFETY: the caller guarantees every iovec is readable.
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    }
 }
 
 impl AsRawFd for Tap {
