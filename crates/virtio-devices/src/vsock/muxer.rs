@@ -19,8 +19,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::packet::*;
 
@@ -35,14 +37,18 @@ const MAX_HANDSHAKE_LINE: usize = 64;
 /// Host-side ports of host-initiated connections start here.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
+/// A host-initiated connection the guest has not answered within this is
+/// dropped (the host program sees its stream close without `OK`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+// Epoll tokens: connections and handshakes get ids from counters (ports can
+// be any u32, so they cannot be the token themselves).
 const LISTENER_TOKEN: u64 = u64::MAX;
-const HANDSHAKE_BIT: u64 = 1 << 63;
+const TIMER_TOKEN: u64 = u64::MAX - 1;
+const HANDSHAKE_BIT: u64 = 1 << 62;
 
 type Key = (u32, u32);
-
-fn conn_token(k: Key) -> u64 {
-    ((k.0 as u64) << 32) | k.1 as u64
-}
 
 /// Counters shared with the device.
 #[derive(Default, Debug)]
@@ -64,8 +70,11 @@ struct Handshake {
 
 struct Conn {
     stream: UnixStream,
+    token: u64,
     /// false while a host-initiated connection waits for the guest's RESPONSE.
     established: bool,
+    /// When an unanswered host-initiated connection is given up.
+    deadline: Option<Instant>,
     peer_buf_alloc: u32,
     peer_fwd_cnt: u32,
     /// Payload bytes sent to the guest (wrapping, as the spec counts).
@@ -84,7 +93,9 @@ impl Conn {
     fn new(stream: UnixStream, established: bool) -> Self {
         Conn {
             stream,
+            token: 0,
             established,
+            deadline: if established { None } else { Some(Instant::now() + CONNECT_TIMEOUT) },
             peer_buf_alloc: 0,
             peer_fwd_cnt: 0,
             tx_cnt: 0,
@@ -138,7 +149,11 @@ pub struct Muxer {
     socket_path: PathBuf,
     listener: UnixListener,
     epoll: Epoll,
+    timer: TimerFd,
+    timer_armed: bool,
     conns: HashMap<Key, Conn>,
+    tokens: HashMap<u64, Key>,
+    next_token: u64,
     handshakes: HashMap<u64, Handshake>,
     next_handshake: u64,
     next_local_port: u32,
@@ -161,12 +176,20 @@ impl Muxer {
         epoll
             .ctl(ControlOperation::Add, listener.as_raw_fd(), EpollEvent::new(EventSet::IN, LISTENER_TOKEN))
             .map_err(MuxerError::Epoll)?;
+        let timer = TimerFd::new().map_err(|e| MuxerError::Epoll(e.into()))?;
+        epoll
+            .ctl(ControlOperation::Add, timer.as_raw_fd(), EpollEvent::new(EventSet::IN, TIMER_TOKEN))
+            .map_err(MuxerError::Epoll)?;
         Ok(Muxer {
             guest_cid,
             socket_path: socket_path.to_path_buf(),
             listener,
             epoll,
+            timer,
+            timer_armed: false,
             conns: HashMap::new(),
+            tokens: HashMap::new(),
+            next_token: 0,
             handshakes: HashMap::new(),
             next_handshake: 0,
             next_local_port: FIRST_LOCAL_PORT,
@@ -209,6 +232,7 @@ impl Muxer {
 
     fn remove(&mut self, key: Key) {
         if let Some(c) = self.conns.remove(&key) {
+            self.tokens.remove(&c.token);
             let _ = self.epoll.ctl(ControlOperation::Delete, c.stream.as_raw_fd(), EpollEvent::default());
             self.counters.conns_closed.fetch_add(1, Ordering::Relaxed);
         }
@@ -219,10 +243,17 @@ impl Muxer {
         self.push_control(key, OP_RST, 0);
     }
 
-    fn add_conn(&mut self, key: Key, conn: Conn) -> io::Result<()> {
+    fn add_conn(&mut self, key: Key, mut conn: Conn) -> io::Result<()> {
         conn.stream.set_nonblocking(true)?;
+        let token = self.next_token;
+        self.next_token += 1;
         let ev = EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
-        self.epoll.ctl(ControlOperation::Add, conn.stream.as_raw_fd(), EpollEvent::new(ev, conn_token(key)))?;
+        self.epoll.ctl(ControlOperation::Add, conn.stream.as_raw_fd(), EpollEvent::new(ev, token))?;
+        conn.token = token;
+        if conn.deadline.is_some() && !self.timer_armed {
+            self.timer_armed = self.timer.reset(SWEEP_INTERVAL, Some(SWEEP_INTERVAL)).is_ok();
+        }
+        self.tokens.insert(token, key);
         self.conns.insert(key, conn);
         self.counters.conns_opened.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -260,6 +291,7 @@ impl Muxer {
         match hdr.op {
             OP_RESPONSE if !conn.established => {
                 conn.established = true;
+                conn.deadline = None;
                 conn.to_stream.extend(format!("OK {}\n", key.0).as_bytes());
                 if !conn.flush() {
                     self.reset(key);
@@ -351,9 +383,10 @@ impl Muxer {
             for ev in &events[..n] {
                 match ev.data() {
                     LISTENER_TOKEN => self.accept_all(),
+                    TIMER_TOKEN => self.expire_connects(),
                     t if t & HANDSHAKE_BIT != 0 => self.read_handshake(t),
                     t => {
-                        let key = ((t >> 32) as u32, t as u32);
+                        let Some(&key) = self.tokens.get(&t) else { continue };
                         let set = ev.event_set();
                         let Some(conn) = self.conns.get_mut(&key) else { continue };
                         if set.contains(EventSet::OUT) && !conn.flush() {
@@ -370,6 +403,22 @@ impl Muxer {
             if n < events.len() {
                 return;
             }
+        }
+    }
+
+    /// Give up host-initiated connections the guest never answered.
+    fn expire_connects(&mut self) {
+        let _ = self.timer.wait();
+        let now = Instant::now();
+        let expired: Vec<Key> =
+            self.conns.iter().filter(|(_, c)| c.deadline.is_some_and(|d| d <= now)).map(|(k, _)| *k).collect();
+        for key in expired {
+            tracing::debug!("vsock: guest did not answer a connection to port {} in time", key.1);
+            self.reset(key);
+        }
+        if !self.conns.values().any(|c| c.deadline.is_some()) {
+            let _ = self.timer.clear();
+            self.timer_armed = false;
         }
     }
 

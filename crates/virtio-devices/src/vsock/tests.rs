@@ -340,3 +340,31 @@ fn through_the_mmio_transport() {
     assert!(listener.accept().is_ok(), "the guest's connection reached PATH_1000");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn unanswered_host_connect_times_out() {
+    let mut r = rig();
+    let mut host = UnixStream::connect(&r.path).unwrap();
+    host.write_all(b"CONNECT 4321\n").unwrap();
+    let (req, _) = r.recv();
+    assert_eq!(req.op, OP_REQUEST);
+    // The guest never answers: within the timeout (plus a sweep) the host
+    // stream closes without OK and the guest gets an RST.
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(host.read(&mut buf).unwrap(), 0);
+    let (rst, _) = r.recv();
+    assert_eq!((rst.op, rst.src_port, rst.dst_port), (OP_RST, req.src_port, 4321));
+}
+
+#[test]
+fn extreme_port_numbers_work() {
+    let mut r = rig();
+    let listener = UnixListener::bind(format!("{}_{}", r.path.display(), u32::MAX)).unwrap();
+    r.send(guest_hdr(u32::MAX, u32::MAX, OP_REQUEST, 0), &[]);
+    assert_eq!(r.recv().0.op, OP_RESPONSE);
+    let (mut host, _) = listener.accept().unwrap();
+    host.write_all(b"edge").unwrap();
+    let (rw, data) = r.recv();
+    assert_eq!((rw.op, rw.src_port, rw.dst_port, data.as_slice()), (OP_RW, u32::MAX, u32::MAX, &b"edge"[..]));
+}
