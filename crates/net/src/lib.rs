@@ -12,6 +12,7 @@ pub mod netlink;
 pub mod netns;
 pub mod packet;
 pub mod tap;
+pub mod testnet;
 
 pub use mac::MacAddr;
 pub use tap::{Tap, TapError};
