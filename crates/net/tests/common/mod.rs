@@ -10,6 +10,7 @@ use net::{MacAddr, Tap};
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IP: u16 = 0x0800;
 
+#[allow(unused_imports)]
 pub use net::packet::PacketSocket;
 
 /// Read frames (vnet header stripped) from a non-blocking TAP until `pred`
