@@ -209,3 +209,6 @@ pub fn attach_pci(
         location: format!("pci 0000:00:{slot:02x}.0"),
     })
 }
+
+#[cfg(test)]
+mod tests;
