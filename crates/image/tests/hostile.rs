@@ -131,7 +131,7 @@ fn tables_past_eof_or_into_metadata() {
     // Compressed garbage: read fails with an error.
     let p = base(&d, "z.qcow2");
     let l2 = be64_at(&p, 3 * CS) & 0x00ff_ffff_ffff_fe00;
-    patch(&p, l2, &((1u64 << 62) | (5 << 54) | 4 * CS).to_be_bytes());
+    patch(&p, l2, &((1u64 << 62) | (5 << 54) | (4 * CS)).to_be_bytes());
     let img = Qcow2::open(&p, true).unwrap();
     assert!(img.read_at(0, &mut b).is_err());
     drop(img);
