@@ -259,3 +259,41 @@ fn through_the_mmio_transport() {
     assert_eq!(unsafe { libc::mincore(host.cast(), 1 << 20, vec.as_mut_ptr()) }, 0);
     assert!(vec.iter().all(|b| b & 1 == 0), "inflated pages are still resident");
 }
+
+#[test]
+fn random_hostile_rings_never_panic() {
+    use crate::net::test_driver::scribble;
+    use crate::worker::QueueHandler;
+    let mut rng = 0x0bad_cafe_f00d_d00du64;
+    let dev = Balloon::new("b", &BalloonConfig::default(), 16).unwrap();
+    let mut broken = 0;
+    for round in 0..300 {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let mut drivers = [Driver::new(&mem, 0, 16), Driver::new(&mem, 0x1_0000, 16), Driver::new(&mem, 0x2_0000, 8)];
+        let queues: Vec<_> =
+            drivers.iter_mut().enumerate().map(|(i, d)| d.activate(i as u16, round % 2 == 0).queue).collect();
+        let mut h = handler::BalloonHandler {
+            mem: GuestMemoryAtomic::new(mem.clone()),
+            interrupt: Arc::new(TestIrq::default()),
+            queues,
+            index: vec![0, 1, 2],
+            shared: dev.shared.clone(),
+            stats_head: None,
+            timer: None,
+        };
+        for d in drivers.iter_mut() {
+            scribble(d, &mut rng, 16 << 20);
+        }
+        for q in [0, 1, 2, 0] {
+            if let Err(e) = h.queue_notified(q) {
+                if broken < 5 {
+                    eprintln!("round {round}: {e}");
+                }
+                broken += 1;
+                break;
+            }
+        }
+        let _ = h.fd_ready(handler::TIMER_TOKEN, EventSet::IN);
+    }
+    eprintln!("balloon: 300 random rings, {broken} marked the device broken");
+}

@@ -158,3 +158,43 @@ pub fn wait_for(timeout: Duration, f: impl Fn() -> bool) -> bool {
     }
     f()
 }
+
+/// xorshift64*: deterministic junk for the hostile-ring tests.
+pub fn next_rand(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// Fill the queue's descriptor table and available ring with random (but
+/// sometimes plausible) entries and publish up to `size` of them, as a
+/// hostile driver could. Buffers mostly land in [0, mem_size) and sometimes
+/// far outside; flags mix NEXT, WRITE and INDIRECT; `next` is arbitrary.
+pub fn scribble(d: &mut Driver, rng: &mut u64, mem_size: u64) {
+    for i in 0..d.size {
+        let r = next_rand(rng);
+        let addr = match r % 8 {
+            0 => next_rand(rng),
+            1 => mem_size - (r >> 8) % 64,
+            _ => 0x10_0000 + (r >> 16) % (mem_size - 0x20_0000),
+        };
+        let len = match (r >> 4) % 6 {
+            0 => 0,
+            1 => u32::MAX - (r >> 40) as u32 % 16,
+            2 => (r >> 20) as u32 % 16,
+            _ => (r >> 24) as u32 % 0x1_2000,
+        };
+        let flags = ((r >> 32) % 8) as u16;
+        let next = ((r >> 48) % (d.size as u64 + 4)) as u16;
+        d.write_desc(i, addr, len, flags, next);
+    }
+    let n = next_rand(rng) % (d.size as u64 + 1);
+    for _ in 0..n {
+        let head = (next_rand(rng) % (d.size as u64 + 2)) as u16;
+        d.publish(head);
+    }
+    if next_rand(rng).is_multiple_of(16) {
+        d.set_avail_idx(next_rand(rng) as u16);
+    }
+}

@@ -368,3 +368,48 @@ fn extreme_port_numbers_work() {
     let (rw, data) = r.recv();
     assert_eq!((rw.op, rw.src_port, rw.dst_port, data.as_slice()), (OP_RW, u32::MAX, u32::MAX, &b"edge"[..]));
 }
+
+#[test]
+fn random_hostile_rings_never_panic() {
+    use crate::net::test_driver::scribble;
+    use crate::worker::QueueHandler;
+    let dir = tmp_dir();
+    let listener = UnixListener::bind(dir.join("v.sock")).unwrap();
+    let mut rng = 0x1234_5678_9abc_def1u64;
+    let mut broken = 0;
+    for round in 0..300 {
+        let (mem, atomic) = guest_memory(16 << 20);
+        let mut drivers = [Driver::new(&mem, 0, 16), Driver::new(&mem, 0x1_0000, 16), Driver::new(&mem, 0x2_0000, 8)];
+        let queues: Vec<_> =
+            drivers.iter_mut().enumerate().map(|(i, d)| d.activate(i as u16, round % 2 == 0).queue).collect();
+        let counters = Arc::new(muxer::VsockCounters::default());
+        let muxer =
+            muxer::Muxer::new(GUEST_CID, &dir.join("v.sock"), listener.try_clone().unwrap(), counters.clone()).unwrap();
+        let mut h = VsockHandler {
+            mem: atomic,
+            interrupt: Arc::new(TestIrq::default()),
+            queues,
+            index: vec![0, 1, 2],
+            muxer,
+            reset_event: round % 5 == 0,
+            payload: Vec::new(),
+            counters,
+        };
+        for d in drivers.iter_mut() {
+            scribble(d, &mut rng, 16 << 20);
+        }
+        // Also a well-formed REQUEST now and then, so the muxer has replies
+        // to push into the scribbled rx ring.
+        if round % 4 == 0 {
+            mem.write_slice(&guest_hdr(1, 2, OP_REQUEST, 0).encode(), GuestAddress(0x10_0000)).unwrap();
+        }
+        for q in [1, 0, 2, 1, 0] {
+            if h.queue_notified(q).is_err() {
+                broken += 1;
+                break;
+            }
+        }
+    }
+    eprintln!("vsock: 300 random rings, {broken} marked the device broken");
+    let _ = std::fs::remove_dir_all(dir);
+}
