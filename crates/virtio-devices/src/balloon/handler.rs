@@ -27,8 +27,17 @@ const MAX_STATS: usize = 64;
 
 pub const INFLATE: usize = 0;
 pub const DEFLATE: usize = 1;
-pub const STATS: usize = 2;
 pub const TIMER_TOKEN: u64 = 0;
+
+/// What each activated queue is. Drivers number queues densely: stats and
+/// reporting queues take the next index only when their feature is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueKind {
+    Inflate,
+    Deflate,
+    Stats,
+    Reporting,
+}
 
 fn broken(e: QueueError) -> DeviceBroken {
     DeviceBroken(format!("virtio-balloon: {e}"))
@@ -37,8 +46,9 @@ fn broken(e: QueueError) -> DeviceBroken {
 pub struct BalloonHandler {
     pub mem: GuestMemory,
     pub interrupt: Arc<dyn VirtioInterrupt>,
-    /// inflate, deflate and (when negotiated) stats.
+    /// inflate, deflate and (when negotiated) stats and reporting.
     pub queues: Vec<Queue>,
+    pub kinds: Vec<QueueKind>,
     pub index: Vec<u16>,
     pub shared: Arc<BalloonShared>,
     /// The stats buffer the driver handed us, held until we want fresh stats.
@@ -121,7 +131,8 @@ impl BalloonHandler {
     fn process_stats(&mut self) -> Result<(), DeviceBroken> {
         let guard = self.mem.memory();
         let mem: &GuestMemoryMmap = &guard;
-        let q = &mut self.queues[STATS];
+        let Some(pos) = self.position(QueueKind::Stats) else { return Ok(()) };
+        let q = &mut self.queues[pos];
         while let Some(chain) = pop_chain(q, mem).map_err(broken)? {
             let head = chain.head_index();
             // A second buffer while we hold one: return the old one unused.
@@ -154,25 +165,63 @@ impl BalloonHandler {
         if let Some(t) = self.timer.as_mut() {
             let _ = t.wait();
         }
+        let Some(pos) = self.position(QueueKind::Stats) else { return Ok(()) };
         let Some(head) = self.stats_head.take() else { return Ok(()) };
         let guard = self.mem.memory();
         let mem: &GuestMemoryMmap = &guard;
-        let q = &mut self.queues[STATS];
+        let q = &mut self.queues[pos];
         add_used(q, mem, head, 0).map_err(broken)?;
-        notify_used(q, mem, &*self.interrupt, self.index[STATS]).map_err(broken)
+        notify_used(q, mem, &*self.interrupt, self.index[pos]).map_err(broken)
+    }
+
+    fn position(&self, kind: QueueKind) -> Option<usize> {
+        self.kinds.iter().position(|k| *k == kind)
+    }
+
+    /// Free page reporting: each buffer of a chain *is* a free guest range
+    /// (normally a 2 or 4 MiB block); discard it and hand the chain back.
+    fn process_reports(&mut self, pos: usize) -> Result<(), DeviceBroken> {
+        let guard = self.mem.memory();
+        let mem: &GuestMemoryMmap = &guard;
+        let shared = &self.shared;
+        drain_queue(&mut self.queues[pos], mem, &*self.interrupt, self.index[pos], |chain| {
+            let Ok(p) = parse_chain(chain, 1 << 40) else {
+                shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                return Some(0);
+            };
+            for b in p.readable.iter().chain(&p.writable) {
+                if b.addr.0 % PAGE_SIZE != 0 || b.len as u64 % PAGE_SIZE != 0 {
+                    shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                match discard_range(mem, b.addr, b.len as u64) {
+                    Ok(()) => {
+                        shared.counters.reported_pages.fetch_add(b.len as u64 / PAGE_SIZE, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Some(0)
+        })
+        .map_err(broken)?;
+        Ok(())
     }
 }
 
 impl QueueHandler for BalloonHandler {
     fn queue_notified(&mut self, index: usize) -> Result<(), DeviceBroken> {
-        match index {
-            INFLATE | DEFLATE => self.process_pfns(index),
-            STATS if self.queues.len() > STATS => self.process_stats(),
-            _ => Ok(()),
+        match self.kinds.get(index) {
+            Some(QueueKind::Inflate) => self.process_pfns(INFLATE),
+            Some(QueueKind::Deflate) => self.process_pfns(DEFLATE),
+            Some(QueueKind::Stats) => self.process_stats(),
+            Some(QueueKind::Reporting) => self.process_reports(index),
+            None => Ok(()),
         }
     }
 
     fn fd_ready(&mut self, token: u64, _events: EventSet) -> Result<(), DeviceBroken> {
-        if token == TIMER_TOKEN && self.queues.len() > STATS { self.request_stats() } else { Ok(()) }
+        if token == TIMER_TOKEN { self.request_stats() } else { Ok(()) }
     }
 }

@@ -24,12 +24,13 @@ use crate::device::{
     ActivateError, ActiveQueue, COMMON_FEATURES, TYPE_BALLOON, VirtioDevice, VirtioInterrupt, VirtioInterruptType,
     read_config_bytes,
 };
-use handler::{BalloonHandler, TIMER_TOKEN};
+use handler::{BalloonHandler, QueueKind, TIMER_TOKEN};
 pub use handler::{PAGE_SIZE, discard_range};
 
 pub const VIRTIO_BALLOON_F_MUST_TELL_HOST: u64 = 1 << 0;
 pub const VIRTIO_BALLOON_F_STATS_VQ: u64 = 1 << 1;
 pub const VIRTIO_BALLOON_F_DEFLATE_ON_OOM: u64 = 1 << 2;
+pub const VIRTIO_BALLOON_F_REPORTING: u64 = 1 << 5;
 
 const QUEUE_SIZE: u16 = 256;
 const PAGES_PER_MIB: u64 = (1 << 20) / PAGE_SIZE;
@@ -38,25 +39,38 @@ const PAGES_PER_MIB: u64 = (1 << 20) / PAGE_SIZE;
 pub enum BalloonError {
     #[error("balloon target {target} MiB exceeds guest memory ({memory} MiB)")]
     TargetTooBig { target: u64, memory: u64 },
-    #[error("--balloon: unknown option '{0}'; syntax: [size=MIB][,deflate_on_oom=on|off][,stats=SECS]")]
+    #[error(
+        "--balloon: unknown option '{0}'; syntax: [size=MIB][,deflate_on_oom=on|off][,stats=SECS][,free_page_reporting=on|off]"
+    )]
     UnknownOption(String),
     #[error("--balloon: invalid value '{1}' for {0}")]
     BadValue(String, String),
 }
 
-/// `--balloon [size=MIB][,deflate_on_oom=on|off][,stats=SECS]`: initial
-/// target, whether the guest may deflate under memory pressure, and how
-/// often to poll statistics (0 disables the stats queue).
+/// `--balloon [size=MIB][,deflate_on_oom=on|off][,stats=SECS][,free_page_reporting=on|off]`:
+/// initial target, whether the guest may deflate under memory pressure, how
+/// often to poll statistics (0 disables the stats queue), and whether the
+/// guest reports free memory so the host can reclaim it without a target.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BalloonConfig {
     pub size_mib: u64,
     pub deflate_on_oom: bool,
     pub stats_interval_s: u64,
+    #[serde(default)]
+    pub free_page_reporting: bool,
 }
 
 impl Default for BalloonConfig {
     fn default() -> Self {
-        BalloonConfig { size_mib: 0, deflate_on_oom: true, stats_interval_s: 5 }
+        BalloonConfig { size_mib: 0, deflate_on_oom: true, stats_interval_s: 5, free_page_reporting: false }
+    }
+}
+
+fn on_off(v: &str) -> Option<bool> {
+    match v {
+        "on" | "true" => Some(true),
+        "off" | "false" => Some(false),
+        _ => None,
     }
 }
 
@@ -70,13 +84,8 @@ impl FromStr for BalloonConfig {
             let bad = || BalloonError::BadValue(k.into(), v.into());
             match k {
                 "size" => c.size_mib = v.trim_end_matches("M").parse().map_err(|_| bad())?,
-                "deflate_on_oom" => {
-                    c.deflate_on_oom = match v {
-                        "on" | "true" => true,
-                        "off" | "false" => false,
-                        _ => return Err(bad()),
-                    }
-                }
+                "deflate_on_oom" => c.deflate_on_oom = on_off(v).ok_or_else(bad)?,
+                "free_page_reporting" => c.free_page_reporting = on_off(v).ok_or_else(bad)?,
                 "stats" => c.stats_interval_s = v.trim_end_matches('s').parse().map_err(|_| bad())?,
                 _ => return Err(BalloonError::UnknownOption(k.into())),
             }
@@ -125,6 +134,7 @@ pub struct BalloonCounters {
     pub inflated_pages: AtomicU64,
     pub deflated_pages: AtomicU64,
     pub stats_updates: AtomicU64,
+    pub reported_pages: AtomicU64,
     pub errors: AtomicU64,
 }
 
@@ -206,6 +216,9 @@ impl Balloon {
         if cfg.stats_interval_s > 0 {
             features |= VIRTIO_BALLOON_F_STATS_VQ;
         }
+        if cfg.free_page_reporting {
+            features |= VIRTIO_BALLOON_F_REPORTING;
+        }
         let shared = Arc::new(BalloonShared {
             num_pages: AtomicU32::new((cfg.size_mib * PAGES_PER_MIB) as u32),
             actual: AtomicU32::new(0),
@@ -215,7 +228,7 @@ impl Balloon {
             counters: BalloonCounters::default(),
         });
         Ok(Balloon {
-            common: DeviceCommon::new(id, features, vec![QUEUE_SIZE; 3]),
+            common: DeviceCommon::new(id, features, vec![QUEUE_SIZE; 4]),
             shared,
             stats_interval: Duration::from_secs(cfg.stats_interval_s.max(1)),
         })
@@ -264,9 +277,16 @@ impl VirtioDevice for Balloon {
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
         let stats = self.common.has_feature(VIRTIO_BALLOON_F_STATS_VQ);
-        let expected = if stats { 3 } else { 2 };
-        // Drivers that skipped the stats feature may still enable 3 queues.
-        if queues.len() < expected || queues.len() > 3 {
+        let mut kinds = vec![QueueKind::Inflate, QueueKind::Deflate];
+        if stats {
+            kinds.push(QueueKind::Stats);
+        }
+        if self.common.has_feature(VIRTIO_BALLOON_F_REPORTING) {
+            kinds.push(QueueKind::Reporting);
+        }
+        let expected = kinds.len();
+        // Extra enabled queues beyond the negotiated ones are ignored.
+        if queues.len() < expected {
             return Err(ActivateError::QueueCount { device: self.common.id.clone(), expected, got: queues.len() });
         }
         let (mut qs, mut index, mut evts) = DeviceCommon::split(queues);
@@ -288,6 +308,7 @@ impl VirtioDevice for Balloon {
             mem,
             interrupt: interrupt.clone(),
             queues: qs,
+            kinds,
             index,
             shared: self.shared.clone(),
             stats_head: None,
@@ -307,6 +328,7 @@ impl VirtioDevice for Balloon {
             ("inflated_pages".into(), c.inflated_pages.load(Ordering::Relaxed)),
             ("deflated_pages".into(), c.deflated_pages.load(Ordering::Relaxed)),
             ("stats_updates".into(), c.stats_updates.load(Ordering::Relaxed)),
+            ("reported_pages".into(), c.reported_pages.load(Ordering::Relaxed)),
             ("errors".into(), c.errors.load(Ordering::Relaxed)),
             ("target_pages".into(), self.shared.num_pages.load(Ordering::SeqCst) as u64),
             ("actual_pages".into(), self.shared.actual.load(Ordering::SeqCst) as u64),

@@ -216,7 +216,11 @@ fn hostile_pfns_do_not_touch_host_memory() {
 fn config_parsing() {
     assert_eq!("".parse::<BalloonConfig>().unwrap(), BalloonConfig::default());
     let c: BalloonConfig = "size=128,deflate_on_oom=off,stats=0".parse().unwrap();
-    assert_eq!(c, BalloonConfig { size_mib: 128, deflate_on_oom: false, stats_interval_s: 0 });
+    assert_eq!(
+        c,
+        BalloonConfig { size_mib: 128, deflate_on_oom: false, stats_interval_s: 0, free_page_reporting: false }
+    );
+    assert!("free_page_reporting=on".parse::<BalloonConfig>().unwrap().free_page_reporting);
     assert!("size=lots".parse::<BalloonConfig>().unwrap_err().to_string().contains("invalid value 'lots'"));
     assert!("colour=red".parse::<BalloonConfig>().unwrap_err().to_string().contains("unknown option"));
     let e = Balloon::new("b", &"size=100".parse().unwrap(), 64).err().unwrap();
@@ -276,6 +280,7 @@ fn random_hostile_rings_never_panic() {
             mem: GuestMemoryAtomic::new(mem.clone()),
             interrupt: Arc::new(TestIrq::default()),
             queues,
+            kinds: vec![handler::QueueKind::Inflate, handler::QueueKind::Deflate, handler::QueueKind::Reporting],
             index: vec![0, 1, 2],
             shared: dev.shared.clone(),
             stats_head: None,
@@ -296,4 +301,19 @@ fn random_hostile_rings_never_panic() {
         let _ = h.fd_ready(handler::TIMER_TOKEN, EventSet::IN);
     }
     eprintln!("balloon: 300 random rings, {broken} marked the device broken");
+}
+
+#[test]
+fn free_page_reporting_discards_reported_blocks() {
+    // No stats queue, so reporting is queue 2.
+    let mut r = rig(anon_memory(), "stats=0,free_page_reporting=on");
+    assert!(r.dev.features() & VIRTIO_BALLOON_F_REPORTING != 0);
+    touch(&r.mem);
+    assert_eq!(resident_pages(&r.mem), NPAGES as usize);
+    // The guest reports the 4 MiB block as two 2 MiB free ranges.
+    r.stats.add_chain(&[(DATA, 2 << 20, true), (DATA + (2 << 20), 2 << 20, true)]);
+    r.stats.kick();
+    assert_eq!(r.stats.wait_used(1, WAIT), vec![(0, 0)]);
+    assert_eq!(resident_pages(&r.mem), 0);
+    assert_eq!(r.dev.counters()["reported_pages"], NPAGES);
 }
