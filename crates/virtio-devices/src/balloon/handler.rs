@@ -190,7 +190,7 @@ impl BalloonHandler {
                 return Some(0);
             };
             for b in p.readable.iter().chain(&p.writable) {
-                if b.addr.0 % PAGE_SIZE != 0 || b.len as u64 % PAGE_SIZE != 0 {
+                if !b.addr.0.is_multiple_of(PAGE_SIZE) || !(b.len as u64).is_multiple_of(PAGE_SIZE) {
                     shared.counters.errors.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
