@@ -1,9 +1,45 @@
-//! `tern daemon`: the manager daemon.
+//! `tern daemon`: the manager daemon (libvirtd's role). See the `manager`
+//! crate for what it does; this is only its command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(clap::Args)]
-pub struct DaemonArgs {}
+pub struct DaemonArgs {
+    /// Where definitions, pools, logs and per-VM runtime files live.
+    #[arg(long, env = "TERN_STATE_DIR", default_value = manager::DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// The REST API socket (mode 0660, group `tern` if it exists).
+    #[arg(long, env = "TERN_SOCKET", default_value = manager::DEFAULT_SOCKET, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Seconds a VM may take to bring up its control socket.
+    #[arg(long, default_value_t = 30)]
+    pub start_timeout: u64,
+    /// qemu-img compatible tool for qcow2 volumes (default: qemu-img in PATH, else `tern img`).
+    #[arg(long, value_name = "PATH")]
+    pub image_tool: Option<PathBuf>,
+}
 
-pub fn main(_args: DaemonArgs) -> i32 {
-    eprintln!("tern daemon: not built yet");
-    1
+pub fn main(args: DaemonArgs) -> i32 {
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("tern daemon: cannot find the tern binary: {e}");
+            return 1;
+        }
+    };
+    let state_dir = std::path::absolute(&args.state_dir).unwrap_or(args.state_dir);
+    let cfg = manager::DaemonConfig {
+        state_dir,
+        exe,
+        image_tool: args.image_tool.unwrap_or_else(manager::storage::default_image_tool),
+        start_timeout: Duration::from_secs(args.start_timeout),
+    };
+    match manager::server::run(cfg, args.socket) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("tern daemon: {e}");
+            1
+        }
+    }
 }
