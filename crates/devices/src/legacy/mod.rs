@@ -30,3 +30,6 @@ pub use serial::{
 pub(crate) fn le_value(data: &[u8]) -> u32 {
     data.iter().take(4).enumerate().fold(0u32, |v, (i, b)| v | (u32::from(*b) << (8 * i)))
 }
+
+#[cfg(test)]
+mod tests;

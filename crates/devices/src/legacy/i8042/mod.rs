@@ -367,11 +367,13 @@ impl BusDevice for I8042 {
             CMD_OFFSET => self.status(),
             _ => 0xff,
         };
+        tracing::trace!("i8042 read port {:#x} -> {:#x}", u64::from(I8042_DATA_PORT) + offset, *first);
         data[1..].fill(0xff);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let Some(&value) = data.first() else { return };
+        tracing::trace!("i8042 write port {:#x} <- {value:#x}", u64::from(I8042_DATA_PORT) + offset);
         match offset {
             0 => self.write_data(value),
             CMD_OFFSET => self.write_command(value),
