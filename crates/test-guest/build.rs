@@ -1,8 +1,9 @@
 //! Builds the freestanding guest in `guest/` with a nested `cargo build`
 //! for the host target (stable toolchain, no extra targets): panic=abort,
 //! static relocation model, our own linker script (see guest/build.rs).
-//! The nested build has its own target directory under OUT_DIR, so it never
-//! waits on the outer build's lock.
+//! The nested build has its own target directory, `tern-test-guest/` next to
+//! the outer profile directories (so debug, release and check builds share
+//! one guest build), never the outer build's lock.
 //!
 //! `TERN_TEST_GUEST_ELF=/path/to/elf` skips the nested build and embeds that
 //! file instead (for toolchains that cannot link the guest).
@@ -30,7 +31,13 @@ fn main() {
         println!("cargo:rerun-if-changed={}", guest_dir.join(file).display());
     }
 
-    let target_dir = out_dir.join("guest-target");
+    // OUT_DIR is <target>/[<triple>/]<profile>/build/<pkg>-<hash>/out.
+    let target_dir = match out_dir.ancestors().nth(4) {
+        Some(target) if out_dir.ancestors().nth(2).is_some_and(|b| b.ends_with("build")) => {
+            target.join("tern-test-guest")
+        }
+        _ => out_dir.join("guest-target"),
+    };
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let rustflags =
         ["-Cpanic=abort", "-Crelocation-model=static", "-Ctarget-feature=+crt-static", "-Cforce-unwind-tables=no"]

@@ -99,8 +99,9 @@ pub fn run(boot: &BootInfo) -> ! {
 pub fn ap_main(_index: u64) -> ! {
     // The LAPIC, not CPUID: on PVM, CPUID at CPL3 is the host's.
     let apic_id = read32(LAPIC.load(Ordering::Relaxed) + LAPIC_ID) >> 24;
-    ONLINE.fetch_add(1, Ordering::SeqCst); // lock xadd, at CPL3
+    // Report first, then count: the BSP ends the VM once all have counted.
     tern!("cpu={} online", apic_id);
+    ONLINE.fetch_add(1, Ordering::SeqCst); // lock xadd, at CPL3
     loop {
         cpu::pause();
     }
