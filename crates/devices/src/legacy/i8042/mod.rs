@@ -75,9 +75,9 @@ const KBD_ECHO: u8 = 0xee;
 const KBD_ID: [u8; 2] = [0xab, 0x83];
 const KBD_ID_XLATE: [u8; 2] = [0xab, 0x41];
 
-/// Bytes the output buffer holds before further replies are dropped; a guest
-/// that never reads cannot grow it.
-const OUTPUT_QUEUE_MAX: usize = 16;
+/// Bytes the keyboard holds for the controller before further ones are
+/// dropped; a guest that never reads cannot grow it.
+const KBD_QUEUE_MAX: usize = 16;
 
 /// Commands that take a data-port parameter: which one is waiting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -89,8 +89,8 @@ pub enum PendingParam {
     Keyboard(u8),
 }
 
-/// One byte waiting in the output buffer and whether it came from the aux
-/// side (status AUXDATA).
+/// The byte in the output buffer and whether it came from the aux side
+/// (status AUXDATA).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OutputByte {
     pub value: u8,
@@ -104,7 +104,12 @@ pub struct I8042State {
     /// Status bits that are state rather than derived (SYS, CMD).
     pub status: u8,
     pub pending: Option<PendingParam>,
-    pub output: Vec<OutputByte>,
+    /// The one-byte output buffer (status OBF when Some).
+    pub obuf: Option<OutputByte>,
+    /// The last byte read from the data port (read again when OBF is clear).
+    pub last_read: u8,
+    /// Bytes the keyboard has sent that wait for the output buffer.
+    pub kbd_queue: Vec<u8>,
     /// Keyboard scanning enabled (0xf4/0xf5).
     pub kbd_enabled: bool,
     pub scancode_set: u8,
@@ -118,7 +123,9 @@ impl Default for I8042State {
             outp: OUTP_RESET | OUTP_A20,
             status: SR_SYS,
             pending: None,
-            output: Vec::new(),
+            obuf: None,
+            last_read: 0,
+            kbd_queue: Vec::new(),
             kbd_enabled: true,
             scancode_set: 2,
             leds: 0,
@@ -131,7 +138,9 @@ pub struct I8042 {
     outp: u8,
     status: u8,
     pending: Option<PendingParam>,
-    output: VecDeque<OutputByte>,
+    obuf: Option<OutputByte>,
+    last_read: u8,
+    kbd_queue: VecDeque<u8>,
     kbd_enabled: bool,
     scancode_set: u8,
     leds: u8,
@@ -148,7 +157,9 @@ impl I8042 {
             outp: 0,
             status: 0,
             pending: None,
-            output: VecDeque::new(),
+            obuf: None,
+            last_read: 0,
+            kbd_queue: VecDeque::new(),
             kbd_enabled: true,
             scancode_set: 2,
             leds: 0,
@@ -171,7 +182,9 @@ impl I8042 {
             outp: self.outp,
             status: self.status,
             pending: self.pending,
-            output: self.output.iter().copied().collect(),
+            obuf: self.obuf,
+            last_read: self.last_read,
+            kbd_queue: self.kbd_queue.iter().copied().collect(),
             kbd_enabled: self.kbd_enabled,
             scancode_set: self.scancode_set,
             leds: self.leds,
@@ -183,23 +196,26 @@ impl I8042 {
         self.outp = s.outp;
         self.status = s.status & (SR_SYS | SR_CMD);
         self.pending = s.pending;
-        self.output = s.output.iter().copied().take(OUTPUT_QUEUE_MAX).collect();
+        self.obuf = s.obuf;
+        self.last_read = s.last_read;
+        self.kbd_queue = s.kbd_queue.iter().copied().take(KBD_QUEUE_MAX).collect();
         self.kbd_enabled = s.kbd_enabled;
         self.scancode_set = s.scancode_set;
         self.leds = s.leds;
     }
 
     /// Queue a scancode byte as if typed on the keyboard (dropped while the
-    /// keyboard is disabled or the buffer is full).
+    /// guest has scanning disabled or the queue is full; held while the
+    /// controller's keyboard interface is disabled).
     pub fn push_key(&mut self, scancode: u8) {
-        if self.kbd_enabled && self.ctr & CTR_KBDDIS == 0 {
+        if self.kbd_enabled {
             self.push_kbd(scancode);
         }
     }
 
     fn status(&self) -> u8 {
         let mut s = self.status | SR_UNLOCKED;
-        if let Some(b) = self.output.front() {
+        if let Some(b) = self.obuf {
             s |= SR_OBF;
             if b.aux {
                 s |= SR_AUXDATA;
@@ -208,25 +224,41 @@ impl I8042 {
         s
     }
 
-    fn push(&mut self, value: u8, aux: bool) {
-        if self.output.len() >= OUTPUT_QUEUE_MAX {
-            tracing::debug!("i8042 output buffer full, dropping {value:#x}");
+    /// A controller reply: it goes straight into the output buffer,
+    /// replacing whatever the guest did not read (like the real chip, and
+    /// what Linux's probe relies on after its aux loopback check bails out
+    /// without reading the byte).
+    fn reply(&mut self, value: u8) {
+        self.obuf = Some(OutputByte { value, aux: false });
+        self.raise_irq();
+    }
+
+    /// A byte from the keyboard: queued until the output buffer is free.
+    fn push_kbd(&mut self, value: u8) {
+        if self.kbd_queue.len() >= KBD_QUEUE_MAX {
+            tracing::debug!("i8042 keyboard queue full, dropping {value:#x}");
             return;
         }
-        self.output.push_back(OutputByte { value, aux });
-        if self.output.len() == 1 {
+        self.kbd_queue.push_back(value);
+        self.pump();
+    }
+
+    /// Move the next keyboard byte into a free output buffer, unless the
+    /// guest disabled the keyboard interface.
+    fn pump(&mut self) {
+        if self.obuf.is_none()
+            && self.ctr & CTR_KBDDIS == 0
+            && let Some(value) = self.kbd_queue.pop_front()
+        {
+            self.obuf = Some(OutputByte { value, aux: false });
             self.raise_irq();
         }
     }
 
-    fn push_kbd(&mut self, value: u8) {
-        self.push(value, false);
-    }
-
-    /// Keyboard interrupt for the byte now at the head of the buffer; aux
-    /// bytes have no line (no aux port), the guest polls for them.
+    /// Keyboard interrupt for the byte now in the output buffer; aux bytes
+    /// have no line (no aux port), the guest polls for them.
     fn raise_irq(&self) {
-        if let Some(b) = self.output.front()
+        if let Some(b) = self.obuf
             && !b.aux
             && self.ctr & CTR_KBDINT != 0
             && let Err(e) = self.irq.trigger()
@@ -236,11 +268,11 @@ impl I8042 {
     }
 
     fn read_data(&mut self) -> u8 {
-        let b = self.output.pop_front().map_or(0, |b| b.value);
-        if !self.output.is_empty() {
-            self.raise_irq();
+        if let Some(b) = self.obuf.take() {
+            self.last_read = b.value;
         }
-        b
+        self.pump();
+        self.last_read
     }
 
     fn reset_cpu(&mut self) {
@@ -253,22 +285,25 @@ impl I8042 {
         self.status |= SR_CMD;
         self.pending = None;
         match cmd {
-            CMD_READ_CTR => self.push_kbd(self.ctr),
+            CMD_READ_CTR => self.reply(self.ctr),
             CMD_WRITE_CTR | CMD_WRITE_OUTP | CMD_WRITE_KBD_OUTBUF | CMD_WRITE_AUX_OUTBUF | CMD_WRITE_AUX => {
                 self.pending = Some(PendingParam::Controller(cmd))
             }
             CMD_AUX_DISABLE => self.ctr |= CTR_AUXDIS,
             CMD_AUX_ENABLE => self.ctr &= !CTR_AUXDIS,
-            CMD_AUX_TEST => self.push_kbd(AUX_TEST_ABSENT),
+            CMD_AUX_TEST => self.reply(AUX_TEST_ABSENT),
             CMD_SELF_TEST => {
                 self.status |= SR_SYS;
-                self.push_kbd(SELF_TEST_OK);
+                self.reply(SELF_TEST_OK);
             }
-            CMD_KBD_TEST => self.push_kbd(KBD_TEST_OK),
+            CMD_KBD_TEST => self.reply(KBD_TEST_OK),
             CMD_KBD_DISABLE => self.ctr |= CTR_KBDDIS,
-            CMD_KBD_ENABLE => self.ctr &= !CTR_KBDDIS,
-            CMD_READ_INPUT => self.push_kbd(0x80), // keyboard not inhibited
-            CMD_READ_OUTP => self.push_kbd(self.outp),
+            CMD_KBD_ENABLE => {
+                self.ctr &= !CTR_KBDDIS;
+                self.pump();
+            }
+            CMD_READ_INPUT => self.reply(0x80), // keyboard not inhibited
+            CMD_READ_OUTP => self.reply(self.outp),
             CMD_PULSE_RESET => self.reset_cpu(),
             // 0xf0-0xff pulse output-port lines; only the reset line (bit 0,
             // pulsed when the low bit is clear) matters.
@@ -293,6 +328,7 @@ impl I8042 {
                 self.ctr = value;
                 // Mirror the system flag the guest set into the status register.
                 self.status = (self.status & !SR_SYS) | (value & CTR_SYS);
+                self.pump();
             }
             CMD_WRITE_OUTP => {
                 self.outp = value;
@@ -300,10 +336,10 @@ impl I8042 {
                     self.reset_cpu();
                 }
             }
-            CMD_WRITE_KBD_OUTBUF => self.push_kbd(value),
+            CMD_WRITE_KBD_OUTBUF => self.reply(value),
             // With no aux port the byte comes back without AUXDATA: Linux's
             // aux loopback check fails at once instead of timing out.
-            CMD_WRITE_AUX_OUTBUF => self.push_kbd(value),
+            CMD_WRITE_AUX_OUTBUF => self.reply(value),
             // Bytes for an absent mouse vanish (the guest times out on its
             // own, which Linux only does if it believed the aux probe).
             CMD_WRITE_AUX => {}
@@ -393,8 +429,8 @@ impl Snapshottable for I8042 {
     }
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), MigrationError> {
         let state: I8042State = snapshot.to_state()?;
-        if state.output.len() > OUTPUT_QUEUE_MAX {
-            return Err(MigrationError::Restore(self.id(), format!("{} bytes queued", state.output.len())));
+        if state.kbd_queue.len() > KBD_QUEUE_MAX {
+            return Err(MigrationError::Restore(self.id(), format!("{} bytes queued", state.kbd_queue.len())));
         }
         self.set_state(&state);
         Ok(())

@@ -92,6 +92,36 @@ fn linux_probe_sequence_gets_answers() {
 }
 
 #[test]
+fn aux_probe_as_linux_does_it_leaves_nothing_stale() {
+    // Linux sends the aux loopback, sees no AUXDATA, gives up without
+    // reading, then asks for the aux test: the reply replaces the byte.
+    let mut f = fixture();
+    f.cmd(0xd3);
+    f.put(0x5a);
+    assert_eq!(f.status() & (SR_OBF | SR_AUXDATA), SR_OBF);
+    f.cmd(0xa9);
+    assert_eq!(f.drain(), vec![AUX_TEST_ABSENT]);
+    // The keyboard then answers its commands with nothing in front.
+    f.put(0xf2);
+    assert_eq!(f.drain(), vec![0xfa, 0xab, 0x41]);
+}
+
+#[test]
+fn keyboard_bytes_wait_while_the_interface_is_disabled() {
+    let mut f = fixture();
+    f.cmd(0xad);
+    f.dev.push_key(0x1e);
+    assert_eq!(f.status() & SR_OBF, 0);
+    // A controller reply still comes through, ahead of the held key.
+    f.cmd(0x20);
+    assert_eq!(f.drain(), vec![f.dev.state().ctr]);
+    f.cmd(0xae);
+    assert_eq!(f.drain(), vec![0x1e]);
+    // An empty buffer reads back the last byte, like the chip.
+    assert_eq!(f.data(), 0x1e);
+}
+
+#[test]
 fn keyboard_reset_and_id_are_acknowledged() {
     let mut f = fixture();
     f.put(0xff);
@@ -134,7 +164,7 @@ fn hostile_guest_cannot_grow_the_buffer() {
     for _ in 0..10_000 {
         f.put(0xf2);
     }
-    assert_eq!(f.dev.state().output.len(), OUTPUT_QUEUE_MAX);
+    assert_eq!(f.dev.state().kbd_queue.len(), KBD_QUEUE_MAX);
     let mut wide = [0u8; 4];
     f.dev.read(2, &mut wide);
     assert_eq!(wide, [0xff; 4]);
