@@ -318,3 +318,58 @@ fn raw_terminal_guard_restores_settings() {
     let file = std::fs::File::open("/dev/null").unwrap();
     assert!(RawTerminalGuard::new(file.as_raw_fd()).unwrap().is_none());
 }
+
+/// Swaps a pipe in as this process's stdin for the duration of a test.
+struct StdinPipe {
+    saved: i32,
+    writer: std::fs::File,
+}
+
+impl StdinPipe {
+    fn new() -> Self {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0i32; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: dup of fd 0 (open in every test process, if only to /dev/null).
+        let saved = unsafe { libc::dup(0) };
+        assert!(saved >= 0);
+        // SAFETY: replaces fd 0 with the pipe's read end; restored on drop.
+        assert_eq!(unsafe { libc::dup2(fds[0], 0) }, 0);
+        // SAFETY: fds[0] is now duplicated onto 0 and owned by nobody else.
+        unsafe { libc::close(fds[0]) };
+        // SAFETY: fds[1] is the pipe's write end, owned from here on by the File.
+        Self { saved, writer: unsafe { std::fs::File::from_raw_fd(fds[1]) } }
+    }
+}
+
+impl Drop for StdinPipe {
+    fn drop(&mut self) {
+        // SAFETY: puts back the stdin saved in `new`.
+        unsafe {
+            libc::dup2(self.saved, 0);
+            libc::close(self.saved);
+        }
+    }
+}
+
+#[test]
+fn stdin_thread_feeds_the_guest_and_stops_promptly() {
+    let mut stdin = StdinPipe::new();
+    let dev = Arc::new(Mutex::new(SerialDevice::new(SerialOutput::Stdout, line())));
+    assert!(matches!(dev.lock().unwrap().input(), SerialInput::Stdin));
+    let thread = spawn_serial_input(&dev).unwrap().expect("stdio has input");
+    stdin.writer.write_all(b"root\r").unwrap();
+    let mut got = Vec::new();
+    wait_for("stdin input", || {
+        got.extend(guest_drain(&mut dev.lock().unwrap()));
+        got.len() >= 5
+    });
+    assert_eq!(got, b"root\r");
+    assert_eq!(dev.lock().unwrap().counters().bytes_in.load(Ordering::SeqCst), 5);
+    // Stopping does not wait for more input.
+    let start = Instant::now();
+    thread.stop();
+    assert!(start.elapsed() < Duration::from_secs(2));
+    drop(stdin);
+}
