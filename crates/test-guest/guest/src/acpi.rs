@@ -143,6 +143,11 @@ impl Acpi {
         valid_addr(fadt, len).then_some((fadt, len))
     }
 
+    /// FADT flag HW_REDUCED_ACPI (no PM1 blocks; QEMU microvm).
+    pub fn hw_reduced(&self) -> bool {
+        self.fadt().is_some_and(|(fadt, len)| len >= 116 && read32u(fadt + 112) & (1 << 20) != 0)
+    }
+
     /// ACPI soft-off (S5). Returns only if the VM is still running.
     pub fn power_off(&self) {
         let Some((fadt, len)) = self.fadt() else { return };

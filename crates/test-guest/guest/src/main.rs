@@ -95,8 +95,12 @@ pub fn ap_index_counter() -> &'static AtomicU32 {
     unsafe { &*(&raw const ap_next_index) }
 }
 
+/// TSC when the boot CPU reached CPL3.
+pub static CPL3_START_TSC: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 #[unsafe(no_mangle)]
 extern "C" fn tern_bsp_main(info: u64, kind: u64) -> ! {
+    CPL3_START_TSC.store(cpu::rdtsc(), core::sync::atomic::Ordering::Relaxed);
     serial::init();
     let boot = boot::parse(info, kind);
     let test = boot::param(boot.cmdline, "tern.test").unwrap_or(b"demo");

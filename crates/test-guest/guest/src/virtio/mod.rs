@@ -30,7 +30,7 @@ fn transport_for(kind: DeviceType, boot: &BootInfo) -> (SomeTransport<'static>, 
     };
     let acpi = Acpi::discover(boot.rsdp);
     let ecam = pci::ecam_base(acpi.as_ref());
-    match transport::find(kind, want, ecam) {
+    match transport::find(kind, want, acpi.as_ref(), ecam) {
         Some(t) => t,
         None => finish(false, format_args!(" reason=no-device")),
     }

@@ -8,8 +8,9 @@ use virtio_drivers::transport::pci::{PciTransport, virtio_device_type};
 use virtio_drivers::transport::{DeviceType, SomeTransport};
 
 use super::hal::GuestHal;
+use crate::acpi::Acpi;
 use crate::cpu::read32;
-use crate::scenario::demo::VIRTIO_MMIO_WINDOWS;
+use crate::scenario::demo::virtio_mmio_windows;
 
 const VIRTIO_MAGIC: u32 = 0x7472_6976;
 /// BARs the firmware left unassigned go here (Tern's 32-bit PCI window).
@@ -24,9 +25,14 @@ pub enum Want {
     Pci,
 }
 
-pub fn find(kind: DeviceType, want: Want, ecam: u64) -> Option<(SomeTransport<'static>, &'static str)> {
+pub fn find(
+    kind: DeviceType,
+    want: Want,
+    acpi: Option<&Acpi>,
+    ecam: u64,
+) -> Option<(SomeTransport<'static>, &'static str)> {
     if want != Want::Pci {
-        for (start, stride, slots) in VIRTIO_MMIO_WINDOWS {
+        for (start, stride, slots) in virtio_mmio_windows(acpi) {
             for slot in 0..slots {
                 let base = start + slot * stride;
                 if read32(base) != VIRTIO_MAGIC || read32(base + 8) != kind as u32 {
