@@ -112,7 +112,8 @@ pub const SCENARIOS: &[Scenario] = &[
         params: "",
         reports: "`Tern demo guest`, `TERN boot protocol=..`, `TERN cpu vendor=..`, `TERN memory ram_mib=N`, \
                   `TERN acpi rsdp=.. tables=..`, `TERN cpus=N source=madt`, `TERN virtio-mmio slot=..`, \
-                  `TERN pci dev=..`, `TERN devices virtio_mmio=N pci=N`, `TERN test=demo result=pass`",
+                  `TERN pci dev=..`, `TERN devices virtio_mmio=N pci=N`, \
+                  `TERN metric=demo-cpl3 value=N unit=tsc-cycles` (time at CPL3 so far), `TERN test=demo result=pass`",
         ends_with: "ACPI soft-off; exit code 0 if still running",
     },
     Scenario {
@@ -181,8 +182,8 @@ pub const SCENARIOS: &[Scenario] = &[
 
 /// virtio scenarios (all at CPL3, polling, driven by the `virtio-drivers`
 /// crate). The device is found on virtio-mmio (Tern's window 0xd0000000 +
-/// i * 0x1000, 64 slots, then QEMU microvm's 0xfeb00000 + i * 0x200, 32
-/// slots, by magic) or PCI bus 0 through ECAM (MCFG base, else 0xe0000000;
+/// i * 0x1000, 64 slots, then, only without ACPI or with a HW-reduced FADT,
+/// QEMU microvm's 0xfeb00000 + i * 0x200, 32 slots; by magic) or PCI bus 0 through ECAM (MCFG base, else 0xe0000000;
 /// unassigned BARs get addresses from 0xc0000000). `tern.virtio=mmio|pci`
 /// restricts the search. Every one ends with `TERN test=<name>
 /// result=pass|fail ... transport=mmio|pci` and exit code 0 / 1;
@@ -253,6 +254,78 @@ pub fn blk_checksum(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x100_0000_01b3);
     }
     h
+}
+
+/// One `TERN key=value ...` line from the guest's serial output. Values
+/// may be double-quoted (`cmdline="..."`); a word without `=` is kept with
+/// an empty value (e.g. `online` in `TERN cpu=1 online`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TernLine {
+    pub pairs: Vec<(String, String)>,
+}
+
+impl TernLine {
+    pub fn parse(line: &str) -> Option<TernLine> {
+        let rest = line.trim_end().strip_prefix("TERN ")?;
+        let mut pairs = Vec::new();
+        let mut chars = rest.chars().peekable();
+        while chars.peek().is_some() {
+            let mut key = String::new();
+            while let Some(&c) = chars.peek() {
+                chars.next();
+                if c == '=' || c == ' ' {
+                    if c == ' ' {
+                        break;
+                    }
+                    let mut value = String::new();
+                    let quoted = chars.peek() == Some(&'"');
+                    if quoted {
+                        chars.next();
+                    }
+                    for c in chars.by_ref() {
+                        if (quoted && c == '"') || (!quoted && c == ' ') {
+                            break;
+                        }
+                        value.push(c);
+                    }
+                    if quoted && chars.peek() == Some(&' ') {
+                        chars.next();
+                    }
+                    pairs.push((std::mem::take(&mut key), value));
+                    break;
+                }
+                key.push(c);
+            }
+            if !key.is_empty() {
+                pairs.push((key, String::new()));
+            }
+        }
+        Some(TernLine { pairs })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Every `TERN` line in `output`, in order.
+pub fn tern_lines(output: &str) -> impl Iterator<Item = TernLine> + '_ {
+    output.lines().filter_map(TernLine::parse)
+}
+
+/// The scenario's final `TERN test=<name> result=pass|fail ...` line.
+pub fn scenario_result(output: &str) -> Option<TernLine> {
+    tern_lines(output).filter(|l| l.get("test").is_some() && l.get("result").is_some()).last()
+}
+
+/// Every `TERN metric=<name> value=<n> unit=<u>` as (name, value, unit).
+pub fn metrics(output: &str) -> Vec<(String, u64, String)> {
+    tern_lines(output)
+        .filter_map(|l| {
+            let value = l.get("value")?.parse().ok()?;
+            Some((l.get("metric")?.to_owned(), value, l.get("unit").unwrap_or("").to_owned()))
+        })
+        .collect()
 }
 
 /// Write the guest image to `path` (e.g. for `tern run --kernel` or QEMU).
@@ -332,6 +405,35 @@ mod tests {
         assert_eq!(exit_status(EXIT_PASS), 1);
         assert_eq!(exit_status(EXIT_FAIL), 3);
         assert_eq!(exit_status(42), 85);
+    }
+
+    #[test]
+    fn tern_lines_parse_keys_values_and_quotes() {
+        let out = "Tern demo guest\nTERN boot protocol=pvh cmdline=\"a b=c\"\nTERN cpu=3 online\n\
+                   TERN metric=smp-bringup value=39 unit=ms\nTERN test=smp result=pass cpus=4\n";
+        let lines: Vec<_> = tern_lines(out).collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0].get("boot"), Some(""));
+        assert_eq!(lines[0].get("protocol"), Some("pvh"));
+        assert_eq!(lines[0].get("cmdline"), Some("a b=c"));
+        assert_eq!(lines[1].get("cpu"), Some("3"));
+        assert_eq!(lines[1].get("online"), Some(""));
+        let result = scenario_result(out).unwrap();
+        assert_eq!(result.get("test"), Some("smp"));
+        assert_eq!(result.get("result"), Some("pass"));
+        assert_eq!(result.get("cpus"), Some("4"));
+        assert_eq!(metrics(out), vec![("smp-bringup".to_owned(), 39, "ms".to_owned())]);
+        assert!(scenario_result("TERN test=smp state=x\n").is_none());
+        assert!(TernLine::parse("not a tern line").is_none());
+    }
+
+    #[test]
+    fn blk_pattern_is_stable() {
+        let s = blk_sector_pattern(3);
+        assert_eq!(&s[..8], b"TERNBLK\0");
+        assert_eq!(u64::from_le_bytes(s[8..16].try_into().unwrap()), 3);
+        assert_eq!(s[16], 37);
+        assert_eq!(blk_checksum(b""), 0xcbf2_9ce4_8422_2325);
     }
 
     #[test]
