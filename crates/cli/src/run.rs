@@ -39,6 +39,24 @@ pub struct RunArgs {
     /// Pin a vCPU to host CPUs: VCPU=CPU[,CPU...] (repeatable).
     #[arg(long = "pin")]
     pub pins: Vec<String>,
+    /// A virtio-blk disk: path=PATH[,format=raw|qcow2][,readonly=on][,cache=none|writeback][,io=threads|io_uring][,serial=ID] (repeatable).
+    #[arg(long = "disk")]
+    pub disks: Vec<String>,
+    /// A virtio-net NIC on a TAP device: tap=NAME[,mac=MAC] (repeatable; the TAP is created when missing).
+    #[arg(long = "net")]
+    pub nets: Vec<String>,
+    /// virtio transport: pci (modern virtio-pci with MSI-X) or mmio (announced on the command line).
+    #[arg(long, value_parser = ["pci", "mmio"], default_value = "pci")]
+    pub transport: String,
+    /// Add a virtio-rng device fed from the host's /dev/urandom.
+    #[arg(long)]
+    pub rng: bool,
+    /// A virtio-vsock device: cid=N,socket=PATH (host side on a Unix socket).
+    #[arg(long)]
+    pub vsock: Option<String>,
+    /// A virtio-balloon device: [size=MIB][,deflate_on_oom=on|off][,stats=SECS]; the target is set through the control socket.
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    pub balloon: Option<String>,
     /// Entry protocol for ELF kernels with a PVH note: auto, pvh or linux (64-bit boot protocol).
     #[arg(long, value_parser = ["auto", "pvh", "linux"], default_value = "auto")]
     pub boot: String,
@@ -48,7 +66,16 @@ fn config_from(a: &RunArgs) -> Result<(VmConfig, KernelSource, BootProtocol), St
     let memory_bytes = vmm::parse_size(&a.memory).map_err(|e| e.to_string())?;
     let cpu_model = a.cpu_model.parse::<vmm::config::CpuModel>().map_err(|e| e.to_string())?;
     let serial = a.serial.parse::<vmm::config::SerialConfig>().map_err(|e| e.to_string())?;
-    let pins = a.pins.iter().map(|p| vmm::config::parse_pin(p)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    let pins =
+        a.pins.iter().map(|p| vmm::config::parse_pin(p)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    let virtio = vmm::virtio::VirtioConfig {
+        transport: a.transport.parse()?,
+        disks: a.disks.iter().map(|d| d.parse().map_err(|e| format!("--disk {d}: {e}"))).collect::<Result<_, _>>()?,
+        nets: a.nets.iter().map(|n| n.parse().map_err(|e| format!("--net {n}: {e}"))).collect::<Result<_, _>>()?,
+        rng: a.rng,
+        vsock: a.vsock.as_ref().map(|v| v.parse().map_err(|e| format!("--vsock {v}: {e}"))).transpose()?,
+        balloon: a.balloon.as_ref().map(|b| b.parse().map_err(|e| format!("--balloon {b}: {e}"))).transpose()?,
+    };
     let kernel = match &a.kernel {
         Some(p) => KernelSource::Path(p.clone()),
         None => KernelSource::Builtin { name: "demo guest", bytes: test_guest::GUEST_ELF },
@@ -71,6 +98,7 @@ fn config_from(a: &RunArgs) -> Result<(VmConfig, KernelSource, BootProtocol), St
         on_reboot: if a.on_reboot == "restart" { OnReboot::Restart } else { OnReboot::Exit },
         pins,
         pci: true,
+        virtio,
     };
     Ok((config, kernel, proto))
 }
@@ -113,7 +141,8 @@ fn restart() -> i32 {
     };
     let n: u32 = std::env::var("TERN_RESTARTS").ok().and_then(|v| v.parse().ok()).unwrap_or(0) + 1;
     eprintln!("tern run: guest requested a reboot; restarting (restart #{n})");
-    let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("TERN_RESTARTS", n.to_string()).exec();
+    let err =
+        std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("TERN_RESTARTS", n.to_string()).exec();
     eprintln!("tern run: cannot restart the guest: {err}");
     exit_status::ERROR
 }

@@ -4,9 +4,14 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let cmdline = args.get(1).cloned().unwrap_or_default();
     let cpus = args.get(2).and_then(|c| c.parse().ok()).unwrap_or(1);
-    let cfg = vmm::VmConfig { cmdline, cpus, ..Default::default() };
-    let k = vmm::KernelSource::Builtin { name: "test guest", bytes: test_guest::GUEST_ELF };
-    match vmm::run_vm(cfg, k, vmm::BootProtocol::Auto) {
+    let memory_bytes = std::env::var("MEM_MIB").ok().and_then(|m| m.parse::<u64>().ok()).unwrap_or(128) << 20;
+    let cfg = vmm::VmConfig { cmdline, cpus, memory_bytes, ..Default::default() };
+    let k = match std::env::var("KERNEL") {
+        Ok(p) => vmm::KernelSource::Path(p.into()),
+        Err(_) => vmm::KernelSource::Builtin { name: "test guest", bytes: test_guest::GUEST_ELF },
+    };
+    let proto = if std::env::var("BOOT_LINUX").is_ok() { vmm::BootProtocol::Linux } else { vmm::BootProtocol::Auto };
+    match vmm::run_vm(cfg, k, proto) {
         Ok(o) => {
             eprintln!("outcome: {o:?}");
             std::process::exit(o.status())

@@ -49,6 +49,8 @@ pub struct VmConfig {
     pub pins: Vec<(u32, Vec<usize>)>,
     /// Enable the PCI host bridge (needed by virtio-pci).
     pub pci: bool,
+    /// virtio devices and their transport.
+    pub virtio: crate::virtio::VirtioConfig,
 }
 
 impl Default for VmConfig {
@@ -66,6 +68,7 @@ impl Default for VmConfig {
             on_reboot: OnReboot::Exit,
             pins: Vec::new(),
             pci: true,
+            virtio: Default::default(),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod loader;
 pub mod memory;
 pub mod report;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 
 use std::sync::mpsc::channel;
@@ -57,6 +58,8 @@ pub enum VmmError {
     MpTable(#[from] arch::mptable::MpTableError),
     #[error(transparent)]
     Api(#[from] api_server::ApiServerError),
+    #[error(transparent)]
+    Virtio(#[from] virtio::VirtioWiringError),
     #[error("cannot create the VM event channel: {0}")]
     Events(std::io::Error),
     #[error("cannot install the vCPU kick signal handler: {0}")]

@@ -24,6 +24,7 @@ use crate::interrupts::KvmInterrupts;
 use crate::legacy::{LegacyDevices, add_legacy_devices};
 use crate::loader::{BootProtocol, KernelSource, entry_mode, load_initrd, load_kernel, write_cmdline};
 use crate::vcpu::{VcpuContext, VcpuControl, VcpuCounters, VcpuFailure, VcpuThread, install_kick_handler, spawn_vcpu};
+use crate::virtio::{VirtioSet, attach_virtio};
 use crate::{VmmError, exit_status};
 
 /// How the VM ended, and the process status that goes with it.
@@ -69,6 +70,7 @@ pub struct Vm {
     counters: Vec<Arc<VcpuCounters>>,
     failures: Receiver<VcpuFailure>,
     legacy: LegacyDevices,
+    virtio: VirtioSet,
     serial_input: Option<SerialInputThread>,
     state: Arc<Mutex<RunState>>,
     device_names: Vec<String>,
@@ -101,10 +103,23 @@ impl Vm {
         let interrupts = KvmInterrupts::new(vm.clone());
         let events = Arc::new(VmEvents::new().map_err(VmmError::Events)?);
         let mut pio = Bus::new();
-        let mmio = Bus::new();
+        let mut mmio = Bus::new();
         let legacy = add_legacy_devices(&mut pio, interrupts.as_ref(), &events, &config.serial, config.memory_bytes)?;
-        let device_names = vec!["serial0".into(), "i8042".into(), "cmos".into(), "acpi-pm".into(), "debug-exit".into()];
-        let cmdline_extra: Vec<String> = Vec::new();
+        let mut device_names: Vec<String> =
+            vec!["serial0".into(), "i8042".into(), "cmos".into(), "acpi-pm".into(), "debug-exit".into()];
+        let mut cmdline_extra: Vec<String> = Vec::new();
+        let virtio = {
+            let mut ctx = devices::DeviceContext {
+                mem: vm_memory::GuestMemoryAtomic::new(mem.clone()),
+                mmio_bus: &mut mmio,
+                pio_bus: &mut pio,
+                interrupts: interrupts.clone(),
+                ioevents: interrupts.clone(),
+                cmdline_extra: &mut cmdline_extra,
+            };
+            attach_virtio(&mut ctx, &config.virtio, config.pci, config.memory_bytes >> 20)?
+        };
+        device_names.extend(virtio.devices.iter().map(|d| format!("{} ({})", d.id(), d.location)));
 
         // Firmware tables and boot parameters.
         let e820 = arch::memory::e820_map(config.memory_bytes)?;
@@ -188,6 +203,7 @@ impl Vm {
             counters,
             failures,
             legacy,
+            virtio,
             serial_input,
             state,
             device_names,
@@ -235,7 +251,22 @@ impl Vm {
             ]
             .into(),
         );
+        for d in &self.virtio.devices {
+            c.devices.insert(d.id().to_string(), d.counters());
+        }
+        if let Some(b) = &self.virtio.balloon {
+            c.balloon_mib = b.actual_mib();
+        }
         c
+    }
+
+    fn pause_devices(&mut self, pause: bool) -> Result<(), String> {
+        use migration::Pausable;
+        for d in &mut self.virtio.devices {
+            let r = if pause { d.pause() } else { d.resume() };
+            r.map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     fn handle(&mut self, req: Request) -> (Response, Option<VmOutcome>) {
@@ -247,12 +278,18 @@ impl Vm {
                     return (Response::err("VM is already paused"), None);
                 }
                 self.control.pause(&self.threads);
+                if let Err(e) = self.pause_devices(true) {
+                    return (Response::err(e), None);
+                }
                 self.set_state(RunState::Paused);
                 (Response::empty(), None)
             }
             Request::Resume => {
                 if self.run_state() != RunState::Paused {
                     return (Response::err("VM is not paused"), None);
+                }
+                if let Err(e) = self.pause_devices(false) {
+                    return (Response::err(e), None);
                 }
                 self.control.resume();
                 self.set_state(RunState::Running);
@@ -267,7 +304,13 @@ impl Vm {
                 (Response::ok(&r), None)
             }
             Request::Stop => (Response::empty(), Some(VmOutcome::Stopped)),
-            Request::Balloon { .. } => (Response::err("this VM has no balloon device (start it with --balloon)"), None),
+            Request::Balloon { target_mib } => match &self.virtio.balloon {
+                None => (Response::err("this VM has no balloon device (start it with --balloon)"), None),
+                Some(b) => match b.set_target_mib(target_mib) {
+                    Ok(()) => (Response::empty(), None),
+                    Err(e) => (Response::err(e.to_string()), None),
+                },
+            },
             Request::PinVcpu { vcpu, .. } if vcpu >= self.config.cpus => {
                 (Response::err(format!("no vCPU {vcpu}: the VM has {}", self.config.cpus)), None)
             }
