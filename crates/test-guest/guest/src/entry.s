@@ -190,25 +190,8 @@ load_tss:
     ltr cx
     ret
 
-// Fill the 32 exception gates (once; idempotent) and load the IDT.
+// The IDT is built at assembly time (below the stubs): nothing to fill.
 load_idt:
-    lea rdi, [rip + idt]
-    lea rsi, [rip + exc_stub_table]
-    xor ecx, ecx
-.Lidt_loop:
-    mov rax, [rsi + rcx * 8]
-    mov word ptr [rdi], ax
-    mov word ptr [rdi + 2], SEL_KCODE64
-    mov word ptr [rdi + 4], 0x8e00
-    shr rax, 16
-    mov word ptr [rdi + 6], ax
-    shr rax, 16
-    mov dword ptr [rdi + 8], eax
-    mov dword ptr [rdi + 12], 0
-    add rdi, 16
-    inc ecx
-    cmp ecx, 32
-    jb .Lidt_loop
     lidt [rip + idt_ptr]
     ret
 
@@ -431,6 +414,27 @@ EXC_STUB 29
 EXC_STUB 30
 EXC_STUB 31
 
+// Interrupt gates for vectors 0..31, complete at assembly time: the image
+// starts at 1 MiB (link.ld asserts it), so a stub's offset bits 31:16 are
+// 0x0010 and bits 15:0 are its distance from the image start, a constant
+// within this section. Saves ~400 emulated instructions at boot.
+.macro IDT_GATE n
+    .word exc_stub_\n - pvh_entry32
+    .word SEL_KCODE64
+    .word 0x8e00                 // present, DPL0, 64-bit interrupt gate
+    .word 0x0010
+    .long 0
+    .long 0
+.endm
+.balign 16
+.global idt
+idt:
+.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    IDT_GATE \n
+.endr
+.global idt_end
+idt_end:
+
 // Stack: vector, error code, rip, cs, rflags, rsp, ss.
 // Prints "TERN exception vector=.. error=.. rip=.. cr2=.. cs=.." and
 // "TERN test=<name> result=fail reason=exception", exits with EXIT_EXCEPTION.
@@ -527,12 +531,6 @@ msg_rflags: .asciz " rflags="
 msg_test: .asciz "\nTERN test="
 msg_fail: .asciz " result=fail reason=exception\n"
 
-.balign 8
-exc_stub_table:
-.quad exc_stub_0, exc_stub_1, exc_stub_2, exc_stub_3, exc_stub_4, exc_stub_5, exc_stub_6, exc_stub_7
-.quad exc_stub_8, exc_stub_9, exc_stub_10, exc_stub_11, exc_stub_12, exc_stub_13, exc_stub_14, exc_stub_15
-.quad exc_stub_16, exc_stub_17, exc_stub_18, exc_stub_19, exc_stub_20, exc_stub_21, exc_stub_22, exc_stub_23
-.quad exc_stub_24, exc_stub_25, exc_stub_26, exc_stub_27, exc_stub_28, exc_stub_29, exc_stub_30, exc_stub_31
 
 // --------------------------------------------------------------------------
 // Page tables: identity map of 0..4 GiB with 2 MiB pages, all user-accessible
@@ -592,9 +590,6 @@ null_idt_ptr:
     .word 0
     .quad 0
 
-.balign 16
-idt:
-    .fill 32 * 2, 8, 0
 
 .balign 16
 tss:
