@@ -30,6 +30,7 @@ const MIN_FRAME: usize = HDR_LEN + 14;
 
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
+pub const CTRL_QUEUE: usize = 2;
 /// Token of the TAP fd on the worker's epoll.
 pub const TAP_TOKEN: u64 = 0;
 
@@ -82,6 +83,8 @@ pub struct NetHandler {
     pub pending: Option<usize>,
     /// tx staging: one gathered chain.
     pub tx_buf: Vec<u8>,
+    /// The control queue, when negotiated.
+    pub ctrl: Option<super::ctrl::CtrlQueue>,
 }
 
 fn broken(e: QueueError) -> DeviceBroken {
@@ -109,6 +112,7 @@ impl NetHandler {
             frame: vec![0; MAX_FRAME],
             pending: None,
             tx_buf: vec![0; MAX_FRAME],
+            ctrl: None,
         }
     }
 
@@ -310,6 +314,10 @@ impl QueueHandler for NetHandler {
         match index {
             RX_QUEUE => self.process_rx(),
             TX_QUEUE => self.process_tx(),
+            CTRL_QUEUE => match self.ctrl.as_mut() {
+                Some(c) => c.process(&self.mem, &*self.interrupt),
+                None => Ok(()),
+            },
             _ => Ok(()),
         }
     }

@@ -3,6 +3,7 @@
 //! onto the TAP, mergeable rx buffers, link status in config space.
 
 mod config;
+mod ctrl;
 mod handler;
 #[cfg(test)]
 pub(crate) mod test_driver;
@@ -12,7 +13,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use ::net::tap::{TUN_F_CSUM, TUN_F_TSO_ECN, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO};
 use ::net::{MacAddr, Tap, TapError};
@@ -43,11 +44,18 @@ pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
 pub const VIRTIO_NET_F_HOST_ECN: u64 = 1 << 13;
 pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
+pub const VIRTIO_NET_F_CTRL_VQ: u64 = 1 << 17;
+pub const VIRTIO_NET_F_CTRL_RX: u64 = 1 << 18;
+pub const VIRTIO_NET_F_GUEST_ANNOUNCE: u64 = 1 << 21;
+pub const VIRTIO_NET_F_CTRL_MAC_ADDR: u64 = 1 << 23;
 
-/// Config space status bit: link up.
+/// Config space status bits: link up, and "please announce yourself"
+/// (gratuitous ARP after a restore, acknowledged on the control queue).
 pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
+pub const VIRTIO_NET_S_ANNOUNCE: u16 = 2;
 
 const QUEUE_SIZE: u16 = 256;
+const CTRL_QUEUE_SIZE: u16 = 64;
 /// Config space: mac[6], status u16.
 const CONFIG_LEN: usize = 8;
 
@@ -71,7 +79,11 @@ pub struct Net {
     common: DeviceCommon,
     tap: Arc<Tap>,
     mac: MacAddr,
-    config: [u8; CONFIG_LEN],
+    /// Config-space status word (link up, announce), shared with the
+    /// control queue handler.
+    status: Arc<AtomicU16>,
+    /// Raise an announce request when next activated (after a restore).
+    announce: bool,
     counters: Arc<NetCounters>,
     /// Offload bits the TAP accepted for the full feature set; offers are
     /// trimmed to these so the guest never gets frames we cannot describe.
@@ -122,7 +134,11 @@ impl Net {
             | VIRTIO_NET_F_CSUM
             | VIRTIO_NET_F_HOST_TSO4
             | VIRTIO_NET_F_HOST_TSO6
-            | VIRTIO_NET_F_HOST_ECN;
+            | VIRTIO_NET_F_HOST_ECN
+            | VIRTIO_NET_F_CTRL_VQ
+            | VIRTIO_NET_F_CTRL_RX
+            | VIRTIO_NET_F_CTRL_MAC_ADDR
+            | VIRTIO_NET_F_GUEST_ANNOUNCE;
         if tap_offloads & TUN_F_CSUM != 0 {
             features |= VIRTIO_NET_F_GUEST_CSUM;
             if tap_offloads & TUN_F_TSO4 != 0 {
@@ -138,14 +154,12 @@ impl Net {
                 features |= VIRTIO_NET_F_GUEST_UFO;
             }
         }
-        let mut config = [0u8; CONFIG_LEN];
-        config[..6].copy_from_slice(&mac.0);
-        config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
         Ok(Net {
-            common: DeviceCommon::new(id, features, vec![QUEUE_SIZE, QUEUE_SIZE]),
+            common: DeviceCommon::new(id, features, vec![QUEUE_SIZE, QUEUE_SIZE, CTRL_QUEUE_SIZE]),
             tap: Arc::new(tap),
             mac,
-            config,
+            status: Arc::new(AtomicU16::new(VIRTIO_NET_S_LINK_UP)),
+            announce: false,
             counters: Arc::default(),
             tap_offloads,
         })
@@ -179,7 +193,10 @@ impl VirtioDevice for Net {
         self.common.ack(features);
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
+        let mut config = [0u8; CONFIG_LEN];
+        config[..6].copy_from_slice(&self.mac.0);
+        config[6..8].copy_from_slice(&self.status.load(Ordering::SeqCst).to_le_bytes());
+        read_config_bytes(&config, offset, data);
     }
     fn activate(
         &mut self,
@@ -187,10 +204,16 @@ impl VirtioDevice for Net {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        check_queue_count(&self.common.id, 2, &queues)?;
+        let ctrl = self.common.has_feature(VIRTIO_NET_F_CTRL_VQ);
+        check_queue_count(&self.common.id, if ctrl { 3 } else { 2 }, &queues)?;
         let offloads = tap_offloads_for(self.common.acked_features) & self.tap_offloads;
         self.tap.set_offload(offloads).map_err(|e| ActivateError::Backend(self.common.id.clone(), e.to_string()))?;
         let (mut qs, idx, evts) = DeviceCommon::split(queues);
+        let ctrl_queue = if ctrl {
+            Some(ctrl::CtrlQueue { queue: qs.remove(2), index: idx[2], status: self.status.clone() })
+        } else {
+            None
+        };
         let tx = qs.remove(1);
         let rx = qs.remove(0);
         let backend = NetBackend {
@@ -199,11 +222,20 @@ impl VirtioDevice for Net {
             mrg_rxbuf: self.common.has_feature(VIRTIO_NET_F_MRG_RXBUF),
             counters: self.counters.clone(),
         };
-        let handler = NetHandler::new(mem, interrupt.clone(), rx, tx, backend);
+        let mut handler = NetHandler::new(mem, interrupt.clone(), rx, tx, backend);
+        handler.ctrl = ctrl_queue;
+        let announce = std::mem::take(&mut self.announce) && self.common.has_feature(VIRTIO_NET_F_GUEST_ANNOUNCE);
         // Edge-triggered: while the guest has no rx buffers we leave frames
         // in the TAP and rely on the rx queue notification to resume.
         let extra = vec![(self.tap.as_raw_fd(), EventSet::IN | EventSet::EDGE_TRIGGERED, TAP_TOKEN)];
-        self.common.start(evts, extra, interrupt, Box::new(handler))
+        self.common.start(evts, extra, interrupt.clone(), Box::new(handler))?;
+        if announce {
+            // We may be on another host now: have the guest send gratuitous
+            // ARPs so switches learn where its MAC went.
+            self.status.fetch_or(VIRTIO_NET_S_ANNOUNCE, Ordering::SeqCst);
+            let _ = interrupt.trigger(crate::device::VirtioInterruptType::Config);
+        }
+        Ok(())
     }
     fn reset(&mut self) {
         self.common.reset();
@@ -248,8 +280,8 @@ impl Snapshottable for Net {
         // The guest driver has the old MAC cached: keep it even if this
         // process was started without an explicit mac=.
         self.mac = st.mac;
-        self.config[..6].copy_from_slice(&st.mac.0);
         self.common.ack(st.acked_features);
+        self.announce = true;
         Ok(())
     }
 }

@@ -18,6 +18,7 @@ use super::*;
 const WAIT: Duration = Duration::from_secs(3);
 const RXQ_BASE: u64 = 0x0;
 const TXQ_BASE: u64 = 0x1_0000;
+const CTRLQ_BASE: u64 = 0x2_0000;
 const BUFS: u64 = 0x10_0000;
 
 /// A namespace whose TAPs carry only the frames the test sends.
@@ -32,6 +33,7 @@ struct Rig {
     mem: GuestMemoryMmap,
     rx: Driver,
     tx: Driver,
+    ctrl: Driver,
     irq: Arc<TestIrq>,
     /// Raw socket on the TAP's kernel side.
     peer: PacketSocket,
@@ -48,12 +50,16 @@ fn rig(tap: &str, features: u64) -> Rig {
     let (mem, atomic) = guest_memory(16 << 20);
     let mut rx = Driver::new(&mem, RXQ_BASE, 256);
     let mut tx = Driver::new(&mem, TXQ_BASE, 256);
+    let mut ctrl = Driver::new(&mem, CTRLQ_BASE, 64);
     let irq = Arc::new(TestIrq::default());
-    let queues = vec![rx.activate(0, false), tx.activate(1, false)];
+    let mut queues = vec![rx.activate(0, false), tx.activate(1, false)];
+    if net.common.has_feature(VIRTIO_NET_F_CTRL_VQ) {
+        queues.push(ctrl.activate(2, false));
+    }
     net.activate(atomic, irq.clone(), queues).unwrap();
     let peer = PacketSocket::bind(tap).unwrap();
     let guest = cfg.mac;
-    Rig { net, mem, rx, tx, irq, peer, guest }
+    Rig { net, mem, rx, tx, ctrl, irq, peer, guest }
 }
 
 fn frame(dst: MacAddr, src: MacAddr, len: usize, seed: u8) -> Vec<u8> {
@@ -284,7 +290,7 @@ fn rx_with_event_idx_resumes_after_buffers_arrive() {
     ns.run(|| {
         let cfg: NetConfig = "tap=vevidx0".parse().unwrap();
         let mut net = Net::new("net0", &cfg).unwrap();
-        net.ack_features(u64::MAX);
+        net.ack_features(u64::MAX & !VIRTIO_NET_F_CTRL_VQ);
         let (mem, atomic) = guest_memory(16 << 20);
         let mut rx = Driver::new(&mem, RXQ_BASE, 256);
         let mut tx = Driver::new(&mem, TXQ_BASE, 256);
@@ -408,7 +414,7 @@ fn through_the_mmio_transport() {
         assert_eq!(h.read(0x100).to_le_bytes(), [0x52, 0x54, 0x00, 0x01]);
         assert_eq!(h.read(0x104) & 0xffff, 0x0302);
         assert_eq!(h.read(0x104) >> 16, VIRTIO_NET_S_LINK_UP as u32);
-        h.init(u64::MAX, &[64, 64]);
+        h.init(u64::MAX, &[64, 64, 16]);
         assert_eq!(h.status() & 0x40, 0);
         let peer = PacketSocket::bind("vmmio0").unwrap();
         let f = frame(MacAddr::random_local(), cfg.mac, 300, 8);
@@ -468,6 +474,54 @@ fn random_hostile_rings_never_panic() {
             }
         }
         eprintln!("net: 300 random rings, {broken} marked the device broken");
+    })
+    .unwrap();
+}
+
+#[test]
+fn control_queue_acks_rx_mode_and_announce_after_restore() {
+    let ns = quiet_ns("vnetctrl");
+    ns.run(|| {
+        let mut r = rig("vctrl0", u64::MAX);
+        let cmd = |r: &mut Rig, class: u8, cmd: u8, at: u64| -> u8 {
+            r.mem.write_slice(&[class, cmd, 1], GuestAddress(at)).unwrap();
+            r.mem.write_slice(&[0xff], GuestAddress(at + 0x100)).unwrap();
+            r.ctrl.add_chain(&[(at, 3, false), (at + 0x100, 1, true)]);
+            r.ctrl.kick();
+            assert_eq!(r.ctrl.wait_used(1, WAIT).len(), 1);
+            r.mem.read_obj(GuestAddress(at + 0x100)).unwrap()
+        };
+        assert_eq!(cmd(&mut r, 0, 0, BUFS), ctrl::OK, "RX PROMISC is acknowledged");
+        assert_eq!(cmd(&mut r, 9, 9, BUFS + 0x1000), ctrl::ERR, "unknown class is refused");
+        // Restore: the guest is asked to announce itself.
+        let snap = r.net.snapshot().unwrap().unwrap();
+        r.net.reset();
+        drop(r);
+        let mut r = {
+            let tap = Tap::open("vctrl1").unwrap();
+            tap.set_up().unwrap();
+            let mut net = Net::with_tap("net0", tap, MacAddr::random_local()).unwrap();
+            net.restore(&snap).unwrap();
+            let (mem, atomic) = guest_memory(16 << 20);
+            let mut rx = Driver::new(&mem, RXQ_BASE, 256);
+            let mut tx = Driver::new(&mem, TXQ_BASE, 256);
+            let mut ctrl = Driver::new(&mem, CTRLQ_BASE, 64);
+            let irq = Arc::new(TestIrq::default());
+            let qs = vec![rx.activate(0, false), tx.activate(1, false), ctrl.activate(2, false)];
+            net.activate(atomic, irq.clone(), qs).unwrap();
+            let peer = PacketSocket::bind("vctrl1").unwrap();
+            let guest = net.mac();
+            Rig { net, mem, rx, tx, ctrl, irq, peer, guest }
+        };
+        let status = |net: &Net| {
+            let mut b = [0u8; 2];
+            net.read_config(6, &mut b);
+            u16::from_le_bytes(b)
+        };
+        assert_eq!(status(&r.net), VIRTIO_NET_S_LINK_UP | VIRTIO_NET_S_ANNOUNCE);
+        assert_eq!(r.irq.config.load(Ordering::SeqCst), 1);
+        assert_eq!(cmd(&mut r, 3, 0, BUFS), ctrl::OK, "ANNOUNCE_ACK");
+        assert_eq!(status(&r.net), VIRTIO_NET_S_LINK_UP);
     })
     .unwrap();
 }
