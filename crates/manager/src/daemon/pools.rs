@@ -234,9 +234,11 @@ impl Daemon {
             (Some(v), _) => {
                 let (pool, name) = split_vol(v);
                 let def = self.pool_def(pool, true)?;
-                let p = storage::open(&def, &self.cfg.image_tool).path_of(name);
+                let p = storage::open(&def, &self.cfg.image_tool)
+                    .path_of(name)
+                    .map_err(|e| ApiError::bad(format!("disk vol `{v}`: {e}")))?;
                 if !p.exists() {
-                    return Err(ApiError::bad(format!("disk vol `{v}`: volume not found in pool `{pool}`")));
+                    return Err(ApiError::bad(format!("disk vol `{v}`: {} does not exist", p.display())));
                 }
                 p
             }

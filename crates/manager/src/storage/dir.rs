@@ -14,7 +14,7 @@ pub struct DirPool {
 
 impl DirPool {
     fn volume(&self, name: &str) -> Result<VolumeInfo> {
-        let path = self.path_of(name);
+        let path = self.def.target.join(name);
         let meta = fs::metadata(&path).map_err(|_| StorageError::NoVolume(name.into()))?;
         let (format, capacity) = probe_image(&path)?;
         Ok(VolumeInfo { name: name.into(), path, format, capacity, allocation: meta.blocks() * 512 })
@@ -22,7 +22,7 @@ impl DirPool {
 
     fn check_new(&self, name: &str) -> Result<PathBuf> {
         validate_name(name).map_err(|m| StorageError::Invalid { field: "name".into(), msg: m })?;
-        let path = self.path_of(name);
+        let path = self.def.target.join(name);
         if path.exists() {
             return Err(StorageError::VolumeExists(name.into()));
         }
@@ -113,8 +113,8 @@ impl Pool for DirPool {
         fs::remove_file(&vol.path).map_err(io(format!("cannot delete {}", vol.path.display())))
     }
 
-    fn path_of(&self, name: &str) -> PathBuf {
-        self.def.target.join(name)
+    fn path_of(&self, name: &str) -> Result<PathBuf> {
+        Ok(self.volume(name)?.path)
     }
 
     fn info(&self, name: &str) -> Result<VolumeInfo> {

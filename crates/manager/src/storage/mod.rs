@@ -118,7 +118,8 @@ pub trait Pool {
     fn resize(&self, name: &str, capacity: u64) -> Result<VolumeInfo>;
     fn clone_volume(&self, src: &str, dst: &str) -> Result<VolumeInfo>;
     fn delete(&self, name: &str) -> Result<()>;
-    fn path_of(&self, name: &str) -> PathBuf;
+    /// The host path a VM opens for this volume (may activate it).
+    fn path_of(&self, name: &str) -> Result<PathBuf>;
     /// Capacity and free bytes of the pool.
     fn space(&self) -> Result<(u64, u64)>;
     fn info(&self, name: &str) -> Result<VolumeInfo> {
