@@ -290,7 +290,7 @@ fn rx_with_event_idx_resumes_after_buffers_arrive() {
     ns.run(|| {
         let cfg: NetConfig = "tap=vevidx0".parse().unwrap();
         let mut net = Net::new("net0", &cfg).unwrap();
-        net.ack_features(u64::MAX & !VIRTIO_NET_F_CTRL_VQ);
+        net.ack_features(!VIRTIO_NET_F_CTRL_VQ);
         let (mem, atomic) = guest_memory(16 << 20);
         let mut rx = Driver::new(&mem, RXQ_BASE, 256);
         let mut tx = Driver::new(&mem, TXQ_BASE, 256);
