@@ -108,6 +108,12 @@ pub struct BalloonStats {
     pub disk_caches: Option<u64>,
     pub hugetlb_allocations: Option<u64>,
     pub hugetlb_failures: Option<u64>,
+    pub oom_kills: Option<u64>,
+    pub alloc_stalls: Option<u64>,
+    pub async_scans: Option<u64>,
+    pub direct_scans: Option<u64>,
+    pub async_reclaims: Option<u64>,
+    pub direct_reclaims: Option<u64>,
 }
 
 impl BalloonStats {
@@ -123,6 +129,12 @@ impl BalloonStats {
             7 => &mut self.disk_caches,
             8 => &mut self.hugetlb_allocations,
             9 => &mut self.hugetlb_failures,
+            10 => &mut self.oom_kills,
+            11 => &mut self.alloc_stalls,
+            12 => &mut self.async_scans,
+            13 => &mut self.direct_scans,
+            14 => &mut self.async_reclaims,
+            15 => &mut self.direct_reclaims,
             _ => return,
         };
         *slot = Some(v);
