@@ -100,6 +100,7 @@ fn write_read_round_trip(opts: &str) {
         (true, true) => 2,
     };
     assert_eq!(c["async_ops"], want_async);
+    // And the reads and writes that went blocking saw the same data (above).
 }
 
 #[test]

@@ -6,9 +6,8 @@
 //! blocking path of the image backend, which bounces them correctly.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::Ordering;
 
 use io_uring::{IoUring, opcode, types};
@@ -16,13 +15,12 @@ use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::config::{CacheMode, DiskConfig};
+use super::config::DiskConfig;
+use super::raw_io::{DIRECT_ALIGN, RawFile};
 use super::request::{self, Kind, Request, SECTOR_SHIFT};
 use super::{BlockHandler, MAX_REQUEST_BYTES};
 use crate::queue::{add_used, drain_queue, notify_used, parse_chain};
 use crate::worker::{DeviceBroken, QueueHandler};
-
-const DIRECT_ALIGN: u64 = 4096;
 
 /// iovecs pointing into guest memory.
 struct IoVecs(#[allow(dead_code)] Vec<libc::iovec>);
@@ -49,13 +47,7 @@ pub(crate) struct UringHandler {
 
 impl UringHandler {
     pub(crate) fn new(inner: BlockHandler, cfg: &DiskConfig) -> std::io::Result<Self> {
-        let direct = cfg.cache == CacheMode::None;
-        let mut oo = OpenOptions::new();
-        oo.read(true).write(!inner.limits.readonly);
-        if direct {
-            oo.custom_flags(libc::O_DIRECT);
-        }
-        let file = oo.open(&cfg.path)?;
+        let RawFile { file, direct } = RawFile::open(cfg, inner.limits.readonly)?;
         let ring = IoUring::new(super::QUEUE_SIZE as u32)?;
         let completion = EventFd::new(EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(completion.as_raw_fd())?;
