@@ -96,6 +96,41 @@ impl Vsock {
     }
 }
 
+/// Host side of the hybrid handshake, for tools and tests: connect to the
+/// device's socket, ask for guest `port`, and wait (up to `timeout`) for
+/// `OK <host port>`. The stream then carries the connection's bytes.
+pub fn host_connect(
+    socket: &Path,
+    port: u32,
+    timeout: std::time::Duration,
+) -> std::io::Result<(std::os::unix::net::UnixStream, u32)> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    s.set_read_timeout(Some(timeout))?;
+    // Byte by byte so no payload after the line is swallowed.
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < 64 {
+        if s.read(&mut b)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                format!("guest refused or ignored the connection to vsock port {port}"),
+            ));
+        }
+        if b[0] == b'\n' {
+            break;
+        }
+        line.push(b[0]);
+    }
+    s.set_read_timeout(None)?;
+    let line = String::from_utf8_lossy(&line);
+    let host_port = line.strip_prefix("OK ").and_then(|p| p.trim().parse().ok()).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unexpected vsock handshake reply '{line}'"))
+    })?;
+    Ok((s, host_port))
+}
+
 impl Drop for Vsock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.socket);

@@ -413,3 +413,24 @@ fn random_hostile_rings_never_panic() {
     eprintln!("vsock: 300 random rings, {broken} marked the device broken");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn host_connect_helper_does_the_handshake() {
+    let mut r = rig();
+    let path = r.path.clone();
+    let client = std::thread::spawn(move || host_connect(&path, 2222, WAIT));
+    let (req, _) = r.recv();
+    assert_eq!((req.op, req.dst_port), (OP_REQUEST, 2222));
+    r.send(guest_hdr(2222, req.src_port, OP_RESPONSE, 0), &[]);
+    let (mut s, host_port) = client.join().unwrap().unwrap();
+    assert_eq!(host_port, req.src_port);
+    r.send(guest_hdr(2222, req.src_port, OP_RW, 3), b"hey");
+    assert_eq!(read_exact(&mut s, 3), b"hey");
+    // A refused connection is an error naming the port.
+    let path = r.path.clone();
+    let client = std::thread::spawn(move || host_connect(&path, 3333, WAIT));
+    let (req, _) = r.recv();
+    r.send(guest_hdr(3333, req.src_port, OP_RST, 0), &[]);
+    let e = client.join().unwrap().unwrap_err().to_string();
+    assert!(e.contains("3333"), "{e}");
+}
