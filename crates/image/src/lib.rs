@@ -174,6 +174,9 @@ pub struct OpenOptions {
     pub backing_override: Option<(PathBuf, Option<Format>)>,
     /// Open a qcow2 image even if it is marked corrupt or dirty, for `check -r`.
     pub repair: bool,
+    /// Never sync to the disk (qemu's `cache=unsafe`): metadata is still written
+    /// in order, but a host crash may lose it. For scratch copies like `convert`.
+    pub cache_unsafe: bool,
 }
 
 /// Maximum length of a backing chain, guards against loops we could not detect by path.
@@ -203,7 +206,11 @@ pub(crate) fn open_chain(path: &Path, opts: &OpenOptions, seen: &mut Vec<PathBuf
         None => probe(path)?,
     };
     match format {
-        Format::Raw => Ok(Box::new(raw::RawImage::open(path, opts.readonly, opts.direct)?)),
+        Format::Raw => {
+            let mut r = raw::RawImage::open(path, opts.readonly, opts.direct)?;
+            r.set_cache_unsafe(opts.cache_unsafe);
+            Ok(Box::new(r))
+        }
         Format::Qcow2 => Ok(Box::new(qcow2::Qcow2::open_inner(path, opts, seen)?)),
     }
 }

@@ -17,6 +17,7 @@ pub struct RawImage {
     size: u64,
     readonly: bool,
     direct: bool,
+    nosync: bool,
 }
 
 impl RawImage {
@@ -29,7 +30,12 @@ impl RawImage {
         let file = oo.open(path).map_err(io_err(format!("could not open '{}'", path.display())))?;
         let meta = file.metadata().map_err(io_err(format!("could not stat '{}'", path.display())))?;
         let size = if meta.file_type().is_block_device() { block_device_size(&file)? } else { meta.len() };
-        Ok(RawImage { file, path: path.to_owned(), size, readonly, direct })
+        Ok(RawImage { file, path: path.to_owned(), size, readonly, direct, nosync: false })
+    }
+
+    /// `cache=unsafe`: `flush` does not sync.
+    pub fn set_cache_unsafe(&mut self, on: bool) {
+        self.nosync = on;
     }
 
     pub fn file(&self) -> &File {
@@ -222,7 +228,7 @@ impl BlockBackend for RawImage {
     }
 
     fn flush(&self) -> Result<()> {
-        if self.readonly {
+        if self.readonly || self.nosync {
             return Ok(());
         }
         self.file.sync_data().map_err(io_err("flush failed"))

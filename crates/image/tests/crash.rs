@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use image::qcow2::{self, CreateOptions};
 use image::Preallocation;
+use image::qcow2::{self, CreateOptions};
 
 const SIZE: u64 = 256 << 20;
 const REGIONS: u64 = 512;

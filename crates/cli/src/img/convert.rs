@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use image::qcow2::Qcow2;
-use image::{BlockBackend, CreateOptions, Format, OpenOptions};
+use image::{BlockBackend, CreateOptions, Extent, Format, OpenOptions};
 
 use super::args::{Spec, parse, parse_size};
 use super::create::apply_create_opts;
@@ -18,6 +18,9 @@ const CHUNK: u64 = 2 << 20;
 
 struct Job<'a> {
     sources: Vec<(u64, Box<dyn BlockBackend>)>,
+    /// Allocation map of the concatenated sources, computed once up front
+    /// (block status per chunk costs lseek calls that contend with the reads).
+    map: Vec<Extent>,
     target: &'a dyn BlockBackend,
     qcow2_target: Option<&'a Qcow2>,
     total: u64,
@@ -40,13 +43,12 @@ impl Job<'_> {
     }
 
     fn chunk(&self, off: u64, len: u64, buf: &mut Vec<u8>) -> Res<()> {
-        let mut pos = off;
         let end = off + len;
-        while pos < end {
-            let (src, soff) = self.source_at(pos);
-            let n = (end - pos).min(src.size() - soff);
-            let st = src.block_status(soff, n).map_err(|e| ImgError::ctx("could not read source", e))?;
-            let run = st.length.max(1).min(n);
+        let mut i = self.map.partition_point(|e| e.start + e.length <= off);
+        let mut pos = off;
+        while pos < end && i < self.map.len() {
+            let st = &self.map[i];
+            let run = (st.start + st.length).min(end) - pos;
             if self.target_has_backing && !st.present {
                 // Unallocated in the source's chain top: the new backing file provides it.
             } else if st.zero && !st.data && st.depth == 0 {
@@ -54,11 +56,13 @@ impl Job<'_> {
                     self.target.write_zeroes(pos, run, true).map_err(|e| ImgError::ctx("could not write target", e))?;
                 }
             } else {
+                let (src, soff) = self.source_at(pos);
                 buf.resize(run as usize, 0);
                 src.read_at(soff, buf).map_err(|e| ImgError::ctx("error while reading source", e))?;
                 self.write_data(pos, buf)?;
             }
             pos += run;
+            i += 1;
         }
         Ok(())
     }
@@ -186,13 +190,25 @@ pub fn convert(a: &[String]) -> Res<i32> {
         image::create(Path::new(dst), out_fmt, &opts)
             .map_err(|e| ImgError::ctx(format!("could not create '{dst}'"), e))?;
     }
+    // qemu-img converts with cache=unsafe unless told otherwise: no syncs.
+    let cache_unsafe = match p.val("t") {
+        None | Some("unsafe") => true,
+        Some("writeback" | "none" | "writethrough" | "directsync") => false,
+        Some(o) => return Err(ImgError::usage(format!("invalid cache mode '{o}'"))),
+    };
     // Keep a qcow2 target concrete: compressed clusters need its own API.
     let (qcow2_target, other_target) = if out_fmt == Format::Qcow2 {
-        let q = Qcow2::open_with(Path::new(dst), &OpenOptions { format: Some(Format::Qcow2), ..Default::default() })
-            .map_err(|e| ImgError::ctx(format!("could not open '{dst}'"), e))?;
+        let q = Qcow2::open_with(
+            Path::new(dst),
+            &OpenOptions { format: Some(Format::Qcow2), cache_unsafe, ..Default::default() },
+        )
+        .map_err(|e| ImgError::ctx(format!("could not open '{dst}'"), e))?;
         (Some(q), None)
     } else {
-        (None, Some(open_image(dst, Some(out_fmt.name()), false)?))
+        let o = OpenOptions { format: Some(out_fmt), cache_unsafe, ..Default::default() };
+        let t =
+            image::open_with(Path::new(dst), &o).map_err(|e| ImgError::ctx(format!("could not open '{dst}'"), e))?;
+        (None, Some(t))
     };
     let cluster = qcow2_target.as_ref().map(|q| q.cluster_size()).unwrap_or(65536);
     let target_has_backing = qcow2_target.as_ref().is_some_and(|q| q.header().backing_file.is_some());
@@ -207,7 +223,23 @@ pub fn convert(a: &[String]) -> Res<i32> {
             tref.size()
         )));
     }
+    let mut map = Vec::new();
+    for (start, img) in &sources {
+        let size = img.size();
+        let mut off = 0u64;
+        while off < size {
+            let e = img.block_status(off, size - off).map_err(|e| ImgError::ctx("could not read source", e))?;
+            let len = e.length.max(1).min(size - off);
+            let e = Extent { start: start + off, length: len, ..e };
+            match map.last_mut() {
+                Some(l) if same_status(l, &e) => l.length += len,
+                _ => map.push(e),
+            }
+            off += len;
+        }
+    }
     let job = Job {
+        map,
         sources,
         target: tref,
         qcow2_target: qcow2_target.as_ref(),
@@ -256,4 +288,12 @@ pub fn convert(a: &[String]) -> Res<i32> {
         pr.finish();
     }
     Ok(0)
+}
+
+fn same_status(a: &Extent, b: &Extent) -> bool {
+    a.present == b.present
+        && a.zero == b.zero
+        && a.data == b.data
+        && a.depth == b.depth
+        && a.start + a.length == b.start
 }

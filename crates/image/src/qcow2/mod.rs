@@ -70,7 +70,7 @@ impl Qcow2 {
         }
         let cs = header.cluster_size();
         let l1 = State::load_l1(&file, &header)?;
-        let rc = Refcounts::load(
+        let mut rc = Refcounts::load(
             &file,
             header.refcount_table_offset,
             header.refcount_table_clusters,
@@ -79,6 +79,7 @@ impl Qcow2 {
             file_len,
             (RC_CACHE_BYTES / cs).max(16) as usize,
         )?;
+        rc.nosync = opts.cache_unsafe;
         let snapshots = if header.nb_snapshots > 0 {
             let len = snapshot::table_len(&file, header.snapshots_offset, header.nb_snapshots)?;
             let mut buf = vec![0u8; len];
@@ -123,6 +124,7 @@ impl Qcow2 {
             l2_tables,
             file_len,
             compress_cursor: 0,
+            nosync: opts.cache_unsafe,
         };
         let img = Qcow2 {
             file,

@@ -31,6 +31,8 @@ pub struct Refcounts {
     pub alloc_end: u64,
     /// Set when the table moved: the owner must not cache the old header fields.
     pub table_moved: bool,
+    /// `cache=unsafe`: skip syncs.
+    pub nosync: bool,
 }
 
 /// Reads refcount `i` of a block with 2^order-bit entries.
@@ -105,7 +107,12 @@ impl Refcounts {
             free_hint: 0,
             alloc_end: file_len.div_ceil(cs),
             table_moved: false,
+            nosync: false,
         })
+    }
+
+    fn sync(&self, file: &File) -> Result<()> {
+        if self.nosync { Ok(()) } else { file.sync_data().map_err(io_err("sync failed")) }
     }
 
     pub fn cluster_size(&self) -> u64 {
@@ -327,19 +334,19 @@ impl Refcounts {
         }
         // Blocks first, then the table, then the header pointer.
         self.write_dirty_blocks(file)?;
-        file.sync_data().map_err(io_err("sync failed"))?;
+        self.sync(file)?;
         let old_off = self.table_offset;
         let old_clusters = self.table_clusters as u64;
         self.table = new_table;
         self.table_offset = p << self.cluster_bits;
         self.table_clusters = tc as u32;
         self.write_table(file)?;
-        file.sync_data().map_err(io_err("sync failed"))?;
+        self.sync(file)?;
         let mut hdr = [0u8; 12];
         hdr[..8].copy_from_slice(&self.table_offset.to_be_bytes());
         hdr[8..].copy_from_slice(&(tc as u32).to_be_bytes());
         file.write_all_at(&hdr, 48).map_err(io_err("header write failed"))?;
-        file.sync_data().map_err(io_err("sync failed"))?;
+        self.sync(file)?;
         self.alloc_end = self.alloc_end.max(end);
         self.table_moved = true;
         for i in 0..old_clusters {
@@ -406,7 +413,7 @@ impl Refcounts {
     pub fn flush(&mut self, file: &File) -> Result<()> {
         self.write_dirty_blocks(file)?;
         if self.table_dirty {
-            file.sync_data().map_err(io_err("sync failed"))?;
+            self.sync(file)?;
             self.write_table(file)?;
         }
         Ok(())
