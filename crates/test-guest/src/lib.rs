@@ -22,7 +22,9 @@
 //! After entry the guest loads its own GDT (user segments, one TSS
 //! descriptor per CPU), static page tables (identity map of 0..4 GiB with
 //! 2 MiB pages, all user-accessible, 3..4 GiB uncached), a 32-vector IDT,
-//! and `iretq`s to CPL3 after a few hundred instructions. Port I/O at CPL3
+//! and `iretq`s to CPL3 after a few hundred instructions (it first records
+//! a dozen CPUID leaves at CPL0: CPUID at CPL3 runs natively on PVM and
+//! shows the host CPU, not the VMM's model). Port I/O at CPL3
 //! is allowed through the TSS I/O permission bitmap (all ports; PVM ignores
 //! RFLAGS.IOPL but honours the bitmap) and IOPL=3.
 //!
@@ -110,7 +112,9 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "demo",
         params: "",
-        reports: "`Tern demo guest`, `TERN boot protocol=..`, `TERN cpu vendor=..`, `TERN memory ram_mib=N`, \
+        reports: "`Tern demo guest`, `TERN boot protocol=.. cmdline=\"..\"`, \
+                  `TERN cpu vendor=.. brand=\"..\" family=0x.. model=0x.. stepping=N hypervisor=KVMKVMKVM|none` \
+                  (CPUID captured at CPL0: the VMM's CPU model), `TERN memory ram_mib=N`, \
                   `TERN acpi rsdp=.. tables=..`, `TERN cpus=N source=madt`, `TERN virtio-mmio slot=..`, \
                   `TERN pci dev=..`, `TERN devices virtio_mmio=N pci=N`, \
                   `TERN metric=demo-cpl3 value=N unit=tsc-cycles` (time at CPL3 so far), `TERN test=demo result=pass`",
@@ -147,6 +151,14 @@ pub const SCENARIOS: &[Scenario] = &[
         params: "",
         reports: "`TERN test=poweroff state=powering-off`",
         ends_with: "ACPI soft-off only",
+    },
+    Scenario {
+        name: "cpuid",
+        params: "",
+        reports: "`TERN cpuid leaf=0x.. eax=0x.. ebx=0x.. ecx=0x.. edx=0x..` for leaves 0, 1, 6, 7, 0xd, \
+                  0x40000000, 0x40000001, 0x80000000..0x80000004 (subleaf 0, as the boot CPU saw them at CPL0; \
+                  leaves above the range maximum are left out), `TERN test=cpuid result=pass leaves=N`",
+        ends_with: "exit code 0",
     },
     Scenario {
         name: "fault",

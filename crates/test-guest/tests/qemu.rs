@@ -181,3 +181,28 @@ fn cpu_exception_is_reported_and_fails() {
     assert_line(&run, "TERN test=fault result=fail reason=exception");
     assert_eq!(run.status, Some(exit_status(test_guest::EXIT_EXCEPTION)));
 }
+
+fn cpuid_leaf(stdout: &str, leaf: u32) -> Option<[u32; 4]> {
+    let line = test_guest::tern_lines(stdout).find(|l| l.get("leaf") == Some(&format!("{leaf:#010x}")))?;
+    let reg = |r: &str| u32::from_str_radix(line.get(r).unwrap().trim_start_matches("0x"), 16).unwrap();
+    Some([reg("eax"), reg("ebx"), reg("ecx"), reg("edx")])
+}
+
+#[test]
+fn cpuid_reflects_the_vmm_cpu_model() {
+    if !qemu_usable() {
+        return;
+    }
+    let plain = boot("tern.test=cpuid", &[], None, T);
+    assert_prefix(&plain, "TERN test=cpuid result=pass leaves=");
+    assert_eq!(cpuid_leaf(&plain.stdout, 0x4000_0000).unwrap()[1], u32::from_le_bytes(*b"KVMK"));
+    // QEMU's qemu64 and kvm64 models differ in family/model/stepping (leaf 1
+    // EAX); CPUID at CPL3 on PVM would show the host's for both.
+    let qemu64 = boot("tern.test=cpuid", &["-cpu", "qemu64"], None, T);
+    assert_eq!(cpuid_leaf(&plain.stdout, 1).unwrap()[0], 0xf61, "{}", plain.stdout);
+    assert_eq!(cpuid_leaf(&qemu64.stdout, 1).unwrap()[0], 0x60fb1, "{}", qemu64.stdout);
+    let demo = boot("tern.test=demo", &[], None, T);
+    assert_prefix(&demo, "TERN cpu vendor=");
+    assert!(demo.stdout.contains("brand=\"Common KVM processor\""), "{}", demo.stdout);
+    assert!(demo.stdout.contains(" hypervisor=KVMKVMKVM\n"), "{}", demo.stdout);
+}

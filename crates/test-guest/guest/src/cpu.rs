@@ -190,3 +190,45 @@ pub fn delay_us(us: u64) {
         pause();
     }
 }
+
+#[repr(C)]
+struct CpuidEntry {
+    leaf: u32,
+    subleaf: u32,
+    regs: [u32; 4],
+}
+
+const CPUID_LEAVES: usize = 12;
+
+unsafe extern "C" {
+    /// Filled by entry.s at CPL0 before the drop to CPL3, never written after.
+    static TERN_CPUID: [CpuidEntry; CPUID_LEAVES];
+}
+
+fn boot_cpuid_raw(leaf: u32) -> Option<[u32; 4]> {
+    // SAFETY: written once at CPL0 before any Rust code runs; read-only now.
+    let table = unsafe { &*(&raw const TERN_CPUID) };
+    table.iter().find(|e| e.leaf == leaf && e.subleaf == 0).map(|e| e.regs)
+}
+
+/// CPUID (subleaf 0) as the boot CPU saw it at CPL0, i.e. the VMM's CPU
+/// model (CPUID at CPL3 may run natively on the host). None for leaves not
+/// captured or beyond the range's maximum leaf.
+pub fn boot_cpuid(leaf: u32) -> Option<[u32; 4]> {
+    let range_base = leaf & 0xffff_0000;
+    let max = boot_cpuid_raw(range_base)?[0];
+    if range_base == 0x4000_0000 && !(0x4000_0000..0x4001_0000).contains(&max) {
+        return None;
+    }
+    if leaf > max {
+        return None;
+    }
+    boot_cpuid_raw(leaf)
+}
+
+/// Every captured leaf: (leaf, registers) in table order, valid ones only.
+pub fn boot_cpuid_leaves() -> impl Iterator<Item = (u32, [u32; 4])> {
+    // SAFETY: as boot_cpuid_raw.
+    let table = unsafe { &*(&raw const TERN_CPUID) };
+    table.iter().filter_map(|e| boot_cpuid(e.leaf).map(|r| (e.leaf, r)))
+}

@@ -33,6 +33,9 @@
 .set EXIT_PORT, 0xf4
 .set EXIT_EXCEPTION, 2
 .set EXIT_NOT_STOPPED, 4
+// Leaves in TERN_CPUID (defined before use: Intel syntax would read a
+// forward-referenced symbol as a memory operand).
+.set CPUID_LEAVES, 12
 
 // --------------------------------------------------------------------------
 // PVH note: type 18 (XEN_ELFNOTE_PHYS32_ENTRY), name "Xen", 32-bit entry.
@@ -131,6 +134,7 @@ start64:
     xor ecx, ecx
     call load_tss
     call load_idt
+    call capture_cpuid
     call cpl0_scenarios
     lea rax, [rip + bsp_stack_top]
     lea rcx, [rip + tern_bsp_main]
@@ -193,6 +197,28 @@ load_tss:
 // The IDT is built at assembly time (below the stubs): nothing to fill.
 load_idt:
     lidt [rip + idt_ptr]
+    ret
+
+// CPUID at CPL3 is not intercepted on every host (PVM runs it natively and
+// shows the host's CPU), so the boot CPU records the leaves the scenarios
+// need here, at CPL0, where the VMM's CPUID model applies. Table entries:
+// leaf, subleaf, eax, ebx, ecx, edx (6 x u32).
+capture_cpuid:
+    push rbx
+    lea rsi, [rip + TERN_CPUID]
+    mov r8d, CPUID_LEAVES
+.Lcpuid_loop:
+    mov eax, [rsi]
+    mov ecx, [rsi + 4]
+    cpuid
+    mov [rsi + 8], eax
+    mov [rsi + 12], ebx
+    mov [rsi + 16], ecx
+    mov [rsi + 20], edx
+    add rsi, 24
+    dec r8d
+    jnz .Lcpuid_loop
+    pop rbx
     ret
 
 // ---- scenarios that need CPL0 ----
@@ -605,6 +631,13 @@ tss:
 .balign 4
 ap_next_index:
     .long 1
+
+.global TERN_CPUID
+.balign 8
+TERN_CPUID:
+.irp leaf, 0, 1, 6, 7, 0xd, 0x40000000, 0x40000001, 0x80000000, 0x80000001, 0x80000002, 0x80000003, 0x80000004
+    .long \leaf, 0, 0, 0, 0, 0
+.endr
 
 // --------------------------------------------------------------------------
 .section .stack, "aw", @nobits

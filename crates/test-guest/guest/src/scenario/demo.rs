@@ -2,7 +2,7 @@
 
 use crate::acpi::Acpi;
 use crate::boot::BootInfo;
-use crate::cpu::{self, cpuid, read32};
+use crate::cpu::{self, boot_cpuid, read32};
 use crate::serial::Printable;
 use crate::{pci, println, tern};
 
@@ -21,7 +21,7 @@ pub fn virtio_mmio_windows(acpi: Option<&Acpi>) -> impl Iterator<Item = (u64, u6
 const VIRTIO_MAGIC: u32 = 0x7472_6976; // "virt"
 
 pub fn cpu_vendor() -> [u8; 12] {
-    let [_, b, c, d] = cpuid(0, 0);
+    let [_, b, c, d] = boot_cpuid(0).unwrap_or_default();
     let mut v = [0u8; 12];
     v[0..4].copy_from_slice(&b.to_le_bytes());
     v[4..8].copy_from_slice(&d.to_le_bytes());
@@ -30,11 +30,9 @@ pub fn cpu_vendor() -> [u8; 12] {
 }
 
 pub fn cpu_brand(out: &mut [u8; 48]) -> &[u8] {
-    if cpuid(0x8000_0000, 0)[0] < 0x8000_0004 {
-        return &[];
-    }
     for (i, leaf) in (0x8000_0002..=0x8000_0004u32).enumerate() {
-        for (j, r) in cpuid(leaf, 0).iter().enumerate() {
+        let Some(regs) = boot_cpuid(leaf) else { return &[] };
+        for (j, r) in regs.iter().enumerate() {
             out[i * 16 + j * 4..i * 16 + j * 4 + 4].copy_from_slice(&r.to_le_bytes());
         }
     }
@@ -81,7 +79,25 @@ pub fn run(boot: &BootInfo) -> ! {
 
     let mut brand = [0u8; 48];
     let vendor = cpu_vendor();
-    tern!("cpu vendor={} brand=\"{}\"", Printable(&vendor), Printable(cpu_brand(&mut brand)));
+    let mut hv = [0u8; 12];
+    if let Some([_, b, c, d]) = boot_cpuid(0x4000_0000) {
+        for (i, r) in [b, c, d].iter().enumerate() {
+            hv[i * 4..i * 4 + 4].copy_from_slice(&r.to_le_bytes());
+        }
+    }
+    let hv_len = hv.iter().position(|&b| b == 0).unwrap_or(12);
+    let [sig, ..] = boot_cpuid(1).unwrap_or_default();
+    let family = ((sig >> 8) & 0xf) + if (sig >> 8) & 0xf == 0xf { (sig >> 20) & 0xff } else { 0 };
+    let model = ((sig >> 4) & 0xf) | ((sig >> 12) & 0xf0);
+    tern!(
+        "cpu vendor={} brand=\"{}\" family={:#x} model={:#x} stepping={} hypervisor={}",
+        Printable(&vendor),
+        Printable(cpu_brand(&mut brand)),
+        family,
+        model,
+        sig & 0xf,
+        if hv_len == 0 { "none" } else { core::str::from_utf8(&hv[..hv_len]).unwrap_or("?") }
+    );
 
     let ram = boot.ram_bytes();
     tern!("memory ram_mib={} regions={}", ram >> 20, boot.region_count);

@@ -76,3 +76,14 @@ pub fn fault() -> ! {
     let value = unsafe { (0x100_0000_0000 as *const u64).read_volatile() };
     crate::finish(false, format_args!(" reason=no-fault value={value}"))
 }
+
+/// `cpuid`: the CPUID leaves the boot CPU captured at CPL0 (the VMM's CPU
+/// model), one `TERN cpuid leaf=.. eax=.. ebx=.. ecx=.. edx=..` line each.
+pub fn cpuid() -> ! {
+    let mut n = 0;
+    for (leaf, [a, b, c, d]) in cpu::boot_cpuid_leaves() {
+        tern!("cpuid leaf={:#010x} eax={:#010x} ebx={:#010x} ecx={:#010x} edx={:#010x}", leaf, a, b, c, d);
+        n += 1;
+    }
+    crate::finish(n > 0, format_args!(" leaves={}", n))
+}

@@ -16,6 +16,7 @@ pub fn run(name: &[u8], boot: &BootInfo) -> ! {
         b"spin" => misc::spin(boot),
         b"poweroff" => misc::poweroff(boot),
         b"fault" => misc::fault(),
+        b"cpuid" => misc::cpuid(),
         b"virtio-blk" => crate::virtio::blk(boot),
         b"virtio-net" => crate::virtio::net(boot),
         b"virtio-rng" => crate::virtio::rng(boot),
