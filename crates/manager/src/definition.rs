@@ -305,8 +305,9 @@ impl VmDefinition {
         if self.cpu_model.is_empty() || self.cpu_model.contains(char::is_whitespace) {
             return Err(invalid("cpu_model", "must be host, baseline or a model name, with +feat/-feat after commas"));
         }
-        if self.boot.kernel.is_none() && (self.boot.initrd.is_some() || self.boot.cmdline.is_some()) {
-            return Err(invalid("boot.kernel", "initrd/cmdline need a kernel"));
+        // A cmdline without a kernel goes to the VMM's built-in guest.
+        if self.boot.kernel.is_none() && self.boot.initrd.is_some() {
+            return Err(invalid("boot.kernel", "an initrd needs a kernel"));
         }
         if self.boot.cmdline.as_ref().is_some_and(|c| c.contains('\n')) {
             return Err(invalid("boot.cmdline", "must be a single line"));

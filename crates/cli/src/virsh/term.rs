@@ -42,7 +42,19 @@ impl Drop for RawMode {
 pub fn attach(conn: &Conn, domain: &str, from: Option<u64>) -> CliResult {
     let c = conn.client()?;
     let q = from.map(|f| format!("?from={f}")).unwrap_or_default();
-    let (mut r, mut w) = c.open_stream(&format!("/1.0/vms/{}/console{q}", seg(domain)), true)?;
+    let (mut r, mut w) = match c.open_stream(&format!("/1.0/vms/{}/console{q}", seg(domain)), true) {
+        Ok(s) => s,
+        // The guest already stopped (e.g. `start --console` of a short-lived
+        // guest): show what it printed from the log instead.
+        Err(manager::ClientError::Api { status: 409, .. }) if from.is_some() => {
+            let v = c.get(&format!("/1.0/vms/{}/log", seg(domain)))?;
+            let log = v["log"].as_str().unwrap_or("").as_bytes();
+            let start = (from.unwrap_or(0) as usize).min(log.len());
+            std::io::stdout().write_all(&log[start..]).map_err(|e| format!("stdout: {e}"))?;
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!("Connected to domain '{domain}'\r\nEscape character is ^] (Ctrl + ])\r");

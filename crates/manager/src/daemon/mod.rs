@@ -248,6 +248,16 @@ impl Daemon {
         for f in [VmFiles::RUNTIME, VmFiles::EXIT, VmFiles::CONTROL_SOCK, VmFiles::SERIAL_SOCK, "taps"] {
             let _ = std::fs::remove_file(dir.join(f));
         }
+        // Our own shim child may still be finishing (e.g. after a failed
+        // start): reap it in the background so it does not stay a zombie.
+        if let Some(RunInfo { shim: Some(shim), shim_child: true, .. }) = e.run.take() {
+            let pid = shim.pid;
+            let _ = std::thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+                let mut status = 0;
+                // SAFETY: waitpid on our own child; writes only to `status`.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+            });
+        }
         let rec = StatusRecord { state, reason: reason.clone() };
         let _ = write_atomic(&dir.join(VmFiles::STATUS), &serde_json::to_vec(&rec).unwrap_or_default());
         let prev = e.state;
