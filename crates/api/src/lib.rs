@@ -78,6 +78,10 @@ pub struct Counters {
     pub vcpu_exits: Vec<BTreeMap<String, u64>>,
     /// Per vCPU: nanoseconds spent inside KVM_RUN.
     pub vcpu_run_ns: Vec<u64>,
+    /// Per vCPU: the instruction pointer when it was last paused (for
+    /// sampling where a guest spends its time; 0 = never paused).
+    #[serde(default)]
+    pub vcpu_rip: Vec<u64>,
     /// Per device: counter name -> value (e.g. "read_bytes").
     pub devices: BTreeMap<String, BTreeMap<String, u64>>,
     /// Guest memory in MiB, and the current balloon size in MiB.

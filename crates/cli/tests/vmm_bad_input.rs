@@ -77,9 +77,18 @@ fn kvm_device_missing() {
 
 #[test]
 fn kvm_device_not_writable() {
-    // A file root cannot open read-write: procfs refuses writes whatever the uid.
-    let out = run_with_timeout(tern().arg("run").env("TERN_KVM_DEVICE", "/proc/version"), Duration::from_secs(30));
+    // A file root cannot open read-write: sysfs refuses writes to read-only
+    // attributes whatever the uid.
+    let out = run_with_timeout(tern().arg("run").env("TERN_KVM_DEVICE", "/sys/kernel/notes"), Duration::from_secs(30));
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("cannot open /proc/version read-write"), "{err}");
+    assert!(err.contains("cannot open /sys/kernel/notes read-write"), "{err}");
+}
+
+#[test]
+fn kvm_device_that_is_not_kvm() {
+    let out = run_with_timeout(tern().arg("run").env("TERN_KVM_DEVICE", "/dev/null"), Duration::from_secs(30));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("/dev/null is not a KVM device"), "{err}");
 }

@@ -12,6 +12,8 @@ pub enum HypervisorError {
     NoDevice { path: String },
     #[error("cannot open {path} read-write: {source} (run as root or add the user to the 'kvm' group)")]
     Open { path: String, source: std::io::Error },
+    #[error("{0} is not a KVM device (KVM_GET_API_VERSION failed): point TERN_KVM_DEVICE at /dev/kvm or unset it")]
+    NotKvm(String),
     #[error("KVM API version is {0}, Tern needs 12")]
     ApiVersion(i32),
     #[error("KVM lacks capability {0}, which Tern needs; update the host kernel")]
@@ -76,9 +78,14 @@ impl Hypervisor {
             .map_err(|e| HypervisorError::Open { path: p.clone(), source: e })?;
         let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|e| HypervisorError::Open { path: p.clone(), source: std::io::Error::other(e) })?;
-        let kvm = Kvm::new_with_path(&cpath)
-            .map_err(|e| HypervisorError::Open { path: p, source: std::io::Error::from_raw_os_error(e.errno()) })?;
+        let kvm = Kvm::new_with_path(&cpath).map_err(|e| HypervisorError::Open {
+            path: p.clone(),
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        })?;
         let v = kvm.get_api_version();
+        if v < 0 {
+            return Err(HypervisorError::NotKvm(p));
+        }
         if v != 12 {
             return Err(HypervisorError::ApiVersion(v));
         }

@@ -5,7 +5,8 @@ fn main() {
     let cmdline = args.get(1).cloned().unwrap_or_default();
     let cpus = args.get(2).and_then(|c| c.parse().ok()).unwrap_or(1);
     let memory_bytes = std::env::var("MEM_MIB").ok().and_then(|m| m.parse::<u64>().ok()).unwrap_or(128) << 20;
-    let cfg = vmm::VmConfig { cmdline, cpus, memory_bytes, ..Default::default() };
+    let api_socket = std::env::var("API_SOCKET").ok().map(Into::into);
+    let cfg = vmm::VmConfig { cmdline, cpus, memory_bytes, api_socket, ..Default::default() };
     let k = match std::env::var("KERNEL") {
         Ok(p) => vmm::KernelSource::Path(p.into()),
         Err(_) => vmm::KernelSource::Builtin { name: "test guest", bytes: test_guest::GUEST_ELF },

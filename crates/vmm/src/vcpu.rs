@@ -46,6 +46,8 @@ pub struct VcpuCounters {
     pub exits: Mutex<BTreeMap<&'static str, u64>>,
     pub io_exits: AtomicU64,
     pub run_ns: AtomicU64,
+    /// Guest RIP recorded each time the vCPU parks for a pause.
+    pub last_rip: AtomicU64,
 }
 
 /// Why a vCPU thread ended abnormally: the report for the user.
@@ -202,6 +204,9 @@ fn run_loop(vcpu: &mut Vcpu, ctx: &VcpuContext) {
         match ctx.control.cmd() {
             STOP => return,
             PAUSE => {
+                if let Ok(r) = vcpu.regs() {
+                    ctx.counters.last_rip.store(r.rip, Ordering::Relaxed);
+                }
                 ctx.control.wait_while_paused();
                 continue;
             }

@@ -241,6 +241,7 @@ impl Vm {
             m.insert("io".into(), vc.io_exits.load(Ordering::Relaxed));
             c.vcpu_exits.push(m);
             c.vcpu_run_ns.push(vc.run_ns.load(Ordering::Relaxed));
+            c.vcpu_rip.push(vc.last_rip.load(Ordering::Relaxed));
         }
         let s = &self.legacy.serial_counters;
         c.devices.insert(
