@@ -233,3 +233,33 @@ fn bad_input_gets_one_line_errors() {
     let uuid = env.json(&["dominfo", "nodisk"])["uuid"].as_str().unwrap().to_string();
     assert_eq!(env.json(&["domstate", &uuid])["state"], "stopped");
 }
+
+#[test]
+fn suspend_resume_reboot_setmem_vcpupin_stats() {
+    let env = Env::new();
+    env.define_guest("k", "hlt", "vcpus = 2");
+    env.ok(&["start", "k"]);
+    let pid = env.vmm_pid("k");
+    env.ok(&["suspend", "k"]);
+    assert_eq!(env.state("k"), "paused");
+    env.ok(&["resume", "k"]);
+    assert_eq!(env.state("k"), "running");
+
+    // setmem: 64 MiB defined, 40 MiB wanted -> balloon target 24 MiB (6144 pages).
+    env.ok(&["setmem", "k", "40M"]);
+    let stats = env.json(&["domstats", "k"]);
+    assert_eq!(stats["counters"]["devices"]["virtio-balloon0"]["target_pages"], 6144, "{stats}");
+    assert_eq!(stats["counters"]["vcpu_run_ns"].as_array().unwrap().len(), 2);
+    assert!(env.fail(&["setmem", "k", "1G"]).contains("outside"));
+
+    // vcpupin is persisted (and applied live where the VMM supports it).
+    env.ok(&["vcpupin", "k", "1", "0"]);
+    assert!(env.ok(&["dump", "k"]).contains("[[vcpupin]]\nvcpu = 1\ncpus = [0]"));
+    assert!(env.fail(&["vcpupin", "k", "5", "0"]).contains("vCPU 5"));
+
+    // reboot = power button (destroy after the timeout) + start: a new VMM process.
+    env.ok(&["reboot", "k", "--timeout", "1"]);
+    assert_eq!(env.state("k"), "running");
+    assert_ne!(env.vmm_pid("k"), pid);
+    env.ok(&["destroy", "k"]);
+}

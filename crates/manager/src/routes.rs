@@ -175,15 +175,18 @@ fn vm_route(d: &Arc<Daemon>, req: &Request, name: &str, rest: &[&str]) -> Reply 
                     b.vcpu, def.vcpus
                 )));
             }
-            let live = d.vm_lock().get(name).is_some_and(|e| e.run.is_some());
-            if live {
-                d.vm_call(name, &api::Request::PinVcpu { vcpu: b.vcpu, cpus: b.cpus.clone() })?;
-            }
+            // Persist first (takes effect at the next start), then apply live.
             def.vcpu_pins.retain(|p| p.vcpu != b.vcpu);
-            def.vcpu_pins.push(crate::definition::VcpuPin { vcpu: b.vcpu, cpus: b.cpus });
+            def.vcpu_pins.push(crate::definition::VcpuPin { vcpu: b.vcpu, cpus: b.cpus.clone() });
             def.vcpu_pins.sort_by_key(|p| p.vcpu);
             d.replace(name, &def.to_toml())?;
-            ok(json!({"name": name, "live": live}))
+            let running = d.vm_lock().get(name).is_some_and(|e| e.run.is_some());
+            let live = running.then(|| d.vm_call(name, &api::Request::PinVcpu { vcpu: b.vcpu, cpus: b.cpus }));
+            match live {
+                Some(Err(e)) => ok(json!({"name": name, "live": false, "live_error": e.msg})),
+                Some(Ok(_)) => ok(json!({"name": name, "live": true})),
+                None => ok(json!({"name": name, "live": false})),
+            }
         }
         ("POST", ["memory"]) => {
             let b: MemBody = body(req)?;

@@ -451,6 +451,8 @@ pub fn vcpupin(a: VcpupinArgs) -> CliResult {
     )?;
     if a.conn.json {
         output::json(&r);
+    } else if let Some(e) = r["live_error"].as_str() {
+        eprintln!("warning: saved in the definition (applies at the next start); not applied live: {e}");
     }
     Ok(())
 }
