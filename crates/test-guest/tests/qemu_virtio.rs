@@ -138,7 +138,7 @@ fn net_arp_and_ping_through_user_networking() {
     // QEMU's user-mode network answers ARP and ICMP echo for its gateway
     // 10.0.2.2 inside the QEMU process: no traffic leaves this machine.
     let run = boot(
-        "tern.test=virtio-net",
+        "tern.test=virtio-net tern.net_timeout_ms=20000",
         &["-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-device,netdev=n0"],
         None,
         T,
@@ -146,7 +146,7 @@ fn net_arp_and_ping_through_user_networking() {
     assert_line(&run, "TERN virtio-net arp peer_mac=52:55:0a:00:02:02");
     passed(&run, "TERN test=virtio-net result=pass tx=2 rx=2 arp=ok ping=ok transport=mmio");
     let run = boot_pcie(
-        "tern.test=virtio-net tern.virtio=pci tern.net_ping=0",
+        "tern.test=virtio-net tern.virtio=pci tern.net_ping=0 tern.net_timeout_ms=20000",
         &["-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0"],
         T,
     );

@@ -17,13 +17,23 @@ pub fn init() {
     outb(COM1 + 2, 0x07); // FIFO on, cleared
 }
 
+/// Set once THRE never came: no (working) UART, stop waiting for it.
+static UART_STUCK: AtomicBool = AtomicBool::new(false);
+/// How long one wait for THRE may take: ~2^34 TSC cycles (seconds): a busy
+/// VMM may drain its FIFO slowly, and dropping bytes would lose results.
+const THRE_TIMEOUT_CYCLES: u64 = 1 << 34;
+
 fn wait_thre() {
-    // Bounded: a VMM without a UART (or a stuck one) must not hang us.
-    for _ in 0..100_000 {
+    if inb(COM1 + 5) & LSR_THRE != 0 || UART_STUCK.load(Ordering::Relaxed) {
+        return;
+    }
+    let start = crate::cpu::rdtsc();
+    while crate::cpu::rdtsc().wrapping_sub(start) < THRE_TIMEOUT_CYCLES {
         if inb(COM1 + 5) & LSR_THRE != 0 {
             return;
         }
     }
+    UART_STUCK.store(true, Ordering::Relaxed);
 }
 
 fn write_bytes(bytes: &[u8]) {
