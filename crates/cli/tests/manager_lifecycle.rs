@@ -263,3 +263,45 @@ fn suspend_resume_reboot_setmem_vcpupin_stats() {
     assert_ne!(env.vmm_pid("k"), pid);
     env.ok(&["destroy", "k"]);
 }
+
+/// Deletes the test network namespace.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "delete", &self.0]).output();
+    }
+}
+
+fn ip(args: &[&str]) -> String {
+    let o = std::process::Command::new("ip").args(args).output().unwrap();
+    assert!(o.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn bridge_nic_gets_a_tap_on_the_bridge_in_a_namespace() {
+    let ns = format!("tmgr{}", std::process::id());
+    ip(&["netns", "add", &ns]);
+    let _ns = Netns(ns.clone());
+    ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"]);
+    ip(&["-n", &ns, "link", "set", "br0", "up"]);
+    let env = Env::with_netns(Some(&ns));
+    env.define_guest("n", "hlt", "[[nic]]\nbridge = \"br0\"\nmac = \"52:54:00:12:34:56\"");
+    env.ok(&["start", "n"]);
+    let uuid = env.json(&["dominfo", "n"])["uuid"].as_str().unwrap().replace('-', "");
+    let tap = format!("tn{}0", &uuid[..10]);
+    let on_bridge = ip(&["-n", &ns, "-o", "link", "show", "master", "br0"]);
+    assert!(on_bridge.contains(&tap), "{tap} not on br0: {on_bridge}");
+    let stats = env.json(&["domstats", "n"]);
+    let devs: Vec<&String> = stats["counters"]["devices"].as_object().unwrap().keys().collect();
+    assert!(devs.iter().any(|d| d.contains("net")), "no NIC counters: {devs:?}");
+    let vmm_log = std::fs::read_to_string(env.state.join("vms/n/vmm.log")).unwrap_or_default();
+    assert!(!vmm_log.contains("rror"), "{vmm_log}");
+    env.ok(&["destroy", "n"]);
+    let links = ip(&["-n", &ns, "-o", "link"]);
+    assert!(!links.contains(&tap), "tap {tap} left behind: {links}");
+    // A missing bridge is a clear start error.
+    env.define_guest("nb", "hlt", "[[nic]]\nbridge = \"nosuchbr\"");
+    assert!(env.fail(&["start", "nb"]).contains("bridge `nosuchbr` does not exist"));
+}

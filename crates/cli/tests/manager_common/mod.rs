@@ -18,25 +18,47 @@ pub struct Env {
     pub state: PathBuf,
     pub guest: PathBuf,
     daemon: Option<Child>,
+    /// Run the daemon (and so its VMs) inside this network namespace.
+    pub netns: Option<String>,
 }
 
 impl Env {
     /// A fresh environment with a running daemon.
     pub fn new() -> Env {
+        Self::with_netns(None)
+    }
+
+    /// Like `new`, with the daemon inside network namespace `netns`.
+    pub fn with_netns(netns: Option<&str>) -> Env {
         // Short paths: Unix socket paths are limited to 108 bytes.
         let dir = PathBuf::from(format!("/tmp/tm{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let guest = dir.join("guest.elf");
         test_guest::write_guest(&guest).unwrap();
-        let mut env = Env { sock: dir.join("t.sock"), state: dir.join("s"), guest, dir, daemon: None };
+        let mut env = Env {
+            sock: dir.join("t.sock"),
+            state: dir.join("s"),
+            guest,
+            dir,
+            daemon: None,
+            netns: netns.map(String::from),
+        };
         env.start_daemon();
         env
     }
 
     pub fn start_daemon(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log")).unwrap();
-        let child = Command::new(TERN)
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, TERN]);
+                c
+            }
+            None => Command::new(TERN),
+        };
+        let child = cmd
             .args(["daemon", "--log", "info", "--state-dir"])
             .arg(&self.state)
             .arg("--socket")
