@@ -160,4 +160,6 @@ fn balloon_inflates() {
     }
     let run = boot("tern.test=virtio-balloon tern.balloon_pages=1000", &["-device", "virtio-balloon-device"], None, T);
     passed(&run, "TERN test=virtio-balloon result=pass pages=1000 transport=mmio");
+    let run = boot_pcie("tern.test=virtio-balloon tern.virtio=pci", &["-device", "virtio-balloon-pci"], T);
+    passed(&run, "TERN test=virtio-balloon result=pass pages=256 transport=pci");
 }

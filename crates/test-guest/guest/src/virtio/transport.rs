@@ -3,8 +3,8 @@
 
 use core::ptr::NonNull;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
+use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::pci::bus::{BarInfo, Cam, Command, MemoryBarType, MmioCam, PciRoot};
-use virtio_drivers::transport::pci::{PciTransport, virtio_device_type};
 use virtio_drivers::transport::{DeviceType, SomeTransport};
 
 use super::hal::GuestHal;
@@ -16,6 +16,24 @@ const VIRTIO_MAGIC: u32 = 0x7472_6976;
 /// BARs the firmware left unassigned go here (Tern's 32-bit PCI window).
 const BAR_WINDOW_START: u64 = 0xc000_0000;
 const BAR_WINDOW_END: u64 = 0xd000_0000;
+
+const VIRTIO_PCI_VENDOR: u16 = 0x1af4;
+
+/// The virtio device id behind a PCI device id: modern 0x1040 + id, or a
+/// transitional id. (virtio-drivers maps the balloon, id 5, to its type 13.)
+fn pci_virtio_id(device_id: u16) -> Option<u32> {
+    match device_id {
+        0x1000 => Some(1),
+        0x1001 => Some(2),
+        0x1002 => Some(5),
+        0x1003 => Some(3),
+        0x1004 => Some(8),
+        0x1005 => Some(4),
+        0x1009 => Some(9),
+        0x1040..=0x107f => Some((device_id - 0x1040) as u32),
+        _ => None,
+    }
+}
 
 /// Which transports to look at: `tern.virtio=mmio|pci` (default both, mmio first).
 #[derive(Clone, Copy, PartialEq)]
@@ -53,7 +71,9 @@ pub fn find(
         let cam = unsafe { MmioCam::new(ecam as *mut u8, Cam::Ecam) };
         let mut root = PciRoot::new(cam);
         let mut next_bar = BAR_WINDOW_START;
-        let found = root.enumerate_bus(0).find(|(_, info)| virtio_device_type(info) == Some(kind));
+        let found = root.enumerate_bus(0).find(|(_, info)| {
+            info.vendor_id == VIRTIO_PCI_VENDOR && pci_virtio_id(info.device_id) == Some(kind as u32)
+        });
         if let Some((df, _)) = found {
             let mut bar = 0u8;
             while bar < 6 {
