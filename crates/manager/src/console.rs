@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// console.log is rotated (to console.log.1) beyond this size.
+const MAX_LOG_BYTES: u64 = 16 << 20;
+
 #[derive(Default)]
 struct Inner {
     serial: Option<UnixStream>,
@@ -75,15 +78,24 @@ impl ConsoleHub {
     }
 
     fn relay(&self, mut stream: UnixStream, log: &PathBuf) {
-        let mut file = OpenOptions::new().create(true).append(true).open(log).ok();
+        let open = || OpenOptions::new().create(true).append(true).open(log).ok();
+        let mut file = open();
+        let mut size = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
         let mut buf = [0u8; 4096];
         loop {
             let n = match stream.read(&mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            // A chatty guest must not fill the disk: keep one rotated log.
+            if size > MAX_LOG_BYTES {
+                let _ = std::fs::rename(log, log.with_extension("log.1"));
+                file = open();
+                size = 0;
+            }
             if let Some(f) = file.as_mut() {
                 let _ = f.write_all(&buf[..n]);
+                size += n as u64;
             }
             let mut inner = self.lock();
             inner.clients.retain_mut(|(_, c)| c.write_all(&buf[..n]).is_ok());

@@ -172,6 +172,15 @@ impl Daemon {
         let def =
             self.vm_lock().get(name).map(|e| e.def.clone()).ok_or_else(|| ApiError::not_found(name.to_string()))?;
         let dir = self.vm_dir(name);
+        // sun_path holds 108 bytes including the NUL.
+        let longest =
+            dir.join(VmFiles::CONTROL_SOCK).as_os_str().len().max(dir.join(VmFiles::SERIAL_SOCK).as_os_str().len());
+        if longest > 107 {
+            return Err(ApiError::bad(format!(
+                "state dir path is too long for the VM's Unix sockets ({} > 107 bytes); use a shorter --state-dir",
+                longest
+            )));
+        }
         let disks = def.disks.iter().map(|d| self.resolve_disk(d)).collect::<Result<Vec<ResolvedDisk>, _>>()?;
         let mut taps = Vec::new();
         let mut created = Vec::new();
