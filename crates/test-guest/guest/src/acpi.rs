@@ -26,10 +26,10 @@ fn find_rsdp(hint: u64) -> Option<u64> {
     }
     // The EBDA's first KiB, then the BIOS area, 16-byte aligned.
     let ebda = (read16(0x40e) as u64) << 4;
-    if (0x80000..0xa0000).contains(&ebda) {
-        if let Some(a) = (ebda..ebda + 1024).step_by(16).find(|&a| is_rsdp(a)) {
-            return Some(a);
-        }
+    if (0x80000..0xa0000).contains(&ebda)
+        && let Some(a) = (ebda..ebda + 1024).step_by(16).find(|&a| is_rsdp(a))
+    {
+        return Some(a);
     }
     (0xe0000..0x100000u64).step_by(16).find(|&a| is_rsdp(a))
 }
@@ -100,13 +100,13 @@ impl Acpi {
                 9 if elen >= 16 => Some((read32u(at + 4), read32u(at + 8))),
                 _ => None,
             };
-            if let Some((id, flags)) = entry {
-                if flags & 3 != 0 {
-                    if n < ids.len() {
-                        ids[n] = id;
-                    }
-                    n += 1;
+            if let Some((id, flags)) = entry
+                && flags & 3 != 0
+            {
+                if n < ids.len() {
+                    ids[n] = id;
                 }
+                n += 1;
             }
             at += elen;
         }

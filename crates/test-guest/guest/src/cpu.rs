@@ -207,7 +207,7 @@ unsafe extern "C" {
 
 fn boot_cpuid_raw(leaf: u32) -> Option<[u32; 4]> {
     // SAFETY: written once at CPL0 before any Rust code runs; read-only now.
-    let table = unsafe { &*(&raw const TERN_CPUID) };
+    let table = unsafe { &TERN_CPUID };
     table.iter().find(|e| e.leaf == leaf && e.subleaf == 0).map(|e| e.regs)
 }
 
@@ -229,6 +229,6 @@ pub fn boot_cpuid(leaf: u32) -> Option<[u32; 4]> {
 /// Every captured leaf: (leaf, registers) in table order, valid ones only.
 pub fn boot_cpuid_leaves() -> impl Iterator<Item = (u32, [u32; 4])> {
     // SAFETY: as boot_cpuid_raw.
-    let table = unsafe { &*(&raw const TERN_CPUID) };
+    let table = unsafe { &TERN_CPUID };
     table.iter().filter_map(|e| boot_cpuid(e.leaf).map(|r| (e.leaf, r)))
 }

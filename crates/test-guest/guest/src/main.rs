@@ -92,7 +92,7 @@ pub fn trampoline() -> &'static [u8] {
 
 pub fn ap_index_counter() -> &'static AtomicU32 {
     // SAFETY: a 4-byte aligned .data word only ever accessed atomically.
-    unsafe { &*(&raw const ap_next_index) }
+    unsafe { &ap_next_index }
 }
 
 /// TSC when the boot CPU reached CPL3.

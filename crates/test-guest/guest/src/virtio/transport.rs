@@ -78,16 +78,17 @@ pub fn find(
             let mut bar = 0u8;
             while bar < 6 {
                 let info = root.bar_info(df, bar).ok().flatten();
-                if let Some(BarInfo::Memory { address_type, size, address, .. }) = info {
-                    if address == 0 && size != 0 {
-                        let at = next_bar.next_multiple_of(size.max(4096) as u64);
-                        if at + size as u64 <= BAR_WINDOW_END {
-                            match address_type {
-                                MemoryBarType::Width64 => root.set_bar_64(df, bar, at),
-                                _ => root.set_bar_32(df, bar, at as u32),
-                            }
-                            next_bar = at + size as u64;
+                if let Some(BarInfo::Memory { address_type, size, address, .. }) = info
+                    && address == 0
+                    && size != 0
+                {
+                    let at = next_bar.next_multiple_of(size.max(4096));
+                    if at + size <= BAR_WINDOW_END {
+                        match address_type {
+                            MemoryBarType::Width64 => root.set_bar_64(df, bar, at),
+                            _ => root.set_bar_32(df, bar, at as u32),
                         }
+                        next_bar = at + size;
                     }
                 }
                 bar += if info.is_some_and(|i| i.takes_two_entries()) { 2 } else { 1 };
