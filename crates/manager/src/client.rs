@@ -250,3 +250,23 @@ pub fn read_event<R: BufRead>(r: &mut R, pending: &mut Vec<u8>) -> Result<Option
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_uris() {
+        match Endpoint::parse_connect("ssh://root@host:2222/run/tern/tern.sock").unwrap() {
+            Endpoint::Ssh { destination, port, socket } => {
+                assert_eq!(destination, "root@host");
+                assert_eq!(port.as_deref(), Some("2222"));
+                assert_eq!(socket.as_deref(), Some("/run/tern/tern.sock"));
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(matches!(Endpoint::parse_connect("ssh://h"), Ok(Endpoint::Ssh { port: None, socket: None, .. })));
+        assert!(Endpoint::parse_connect("tcp://h").is_err());
+        assert!(Endpoint::parse_connect("ssh://-oProxyCommand=x").is_err());
+    }
+}

@@ -436,3 +436,43 @@ pub fn export(def: &VmDefinition) -> String {
     let _ = writeln!(w, "  </devices>\n</domain>");
     x
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpusets() {
+        assert_eq!(parse_cpuset("0-3,^2,6"), Ok(vec![0, 1, 3, 6]));
+        assert_eq!(parse_cpuset("5"), Ok(vec![5]));
+        assert!(parse_cpuset("3-1").is_err());
+        assert!(parse_cpuset("x").is_err());
+    }
+
+    #[test]
+    fn export_then_import_is_identity() {
+        let mut d = VmDefinition::from_toml(
+            "name = \"a\"\nmemory = \"1G\"\nvcpus = 2\ncpu_model = \"EPYC,+pcid,-hle\"\nrng = true\nvsock_cid = 7\n\
+             [boot]\nkernel = \"/k\"\ncmdline = \"console=ttyS0 a<b\"\n[[vcpupin]]\nvcpu = 1\ncpus = [2, 3]\n\
+             [[disk]]\nvol = \"p/v\"\nformat = \"qcow2\"\ncache = \"none\"\n[[disk]]\npath = \"/dev/vg/x\"\nreadonly = true\n\
+             [[nic]]\nbridge = \"br0\"\n[[nic]]\ntap = \"t0\"\n",
+        )
+        .unwrap();
+        d.hugepages = true;
+        let back = import(&export(&d)).unwrap();
+        assert_eq!(back.definition, d);
+        assert!(back.skipped.is_empty(), "{:?}", back.skipped);
+    }
+
+    #[test]
+    fn errors_name_the_element() {
+        let e = import("<domain><name>x</name><memory unit='parsec'>1</memory></domain>").unwrap_err().to_string();
+        assert!(e.contains("<memory>") && e.contains("parsec"), "{e}");
+        let e = import("<domain><memory>1024</memory></domain>").unwrap_err().to_string();
+        assert!(e.contains("<name>"), "{e}");
+        let e = import("<domain><name>x</name><memory>65536</memory><devices><disk type='file'><driver type='vmdk'/><source file='/a'/></disk></devices></domain>")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vmdk"), "{e}");
+    }
+}
