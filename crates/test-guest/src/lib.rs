@@ -63,7 +63,18 @@
 //!
 //! # Scenarios (`tern.test=<name>`, default `demo`)
 //!
-//! See [`SCENARIOS`]; parameters are further `key=value` words.
+//! See [`SCENARIOS`] and [`VIRTIO_SCENARIOS`]; parameters are further
+//! `key=value` words. Checked by hand against `tern run` (both `--boot pvh`
+//! and `--boot linux`, both `--transport`s), e.g.:
+//!
+//! * `tern run --kernel g.elf --cpus 4 --cmdline tern.test=smp` (status 1)
+//! * `tern run --kernel g.elf --disk path=d.raw --cmdline "tern.test=virtio-blk tern.blk_sectors=100"`
+//! * in a netns with a TAP `t0` holding 10.0.2.2/24 (the host kernel answers
+//!   ARP and ping): `tern run --kernel g.elf --net tap=t0 --cmdline tern.test=virtio-net`
+//! * with a Unix listener on `v.sock_1234` that answers:
+//!   `tern run --kernel g.elf --vsock cid=3,socket=v.sock --cmdline tern.test=virtio-vsock`
+//! * `tern run --kernel g.elf --balloon size=64 --cmdline tern.test=virtio-balloon`
+//!   (inflates by the device's `num_pages`)
 
 use std::io;
 use std::path::Path;
