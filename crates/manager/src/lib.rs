@@ -9,6 +9,11 @@
 //! * [`libvirt`]: libvirt domain XML import/export.
 //! * [`client`]/[`proxy`]: the CLI's connection (local socket or SSH tunnel).
 //!
+//! Remote use: `tern <verb> --connect ssh://[user@]host[:port][/socket]`
+//! runs `ssh host tern _proxy` and speaks the same HTTP over its stdio; the
+//! daemon never listens on the network. TLS with client certificates is not
+//! implemented (SSH covers the remote case without a second PKI).
+//!
 //! Processes: each VM runs as `tern _shim -- tern run ...` in its own session;
 //! the daemon supervises through the VMM's control socket, pid+start time and
 //! the shim's exit record, so it can die and come back without touching guests.
