@@ -56,6 +56,9 @@
 pvh_entry32:
     cli
     cld
+    rdtsc
+    mov [TERN_ENTRY_TSC], eax
+    mov [TERN_ENTRY_TSC + 4], edx
     mov edi, ebx
     mov esi, BOOT_KIND_PVH
     jmp common32
@@ -99,6 +102,9 @@ linux64_entry:
     cli
     cld
     mov rdi, rsi
+    rdtsc
+    mov [rip + TERN_ENTRY_TSC], eax
+    mov [rip + TERN_ENTRY_TSC + 4], edx
     mov esi, BOOT_KIND_LINUX64
     lgdt [rip + gdt_ptr]
     mov rax, cr4
@@ -626,6 +632,11 @@ tss:
     .word 104                    // I/O permission bitmap right after the TSS
     .fill 8192, 1, 0             // every port allowed at CPL3
     .byte 0xff
+
+.global TERN_ENTRY_TSC
+.balign 8
+TERN_ENTRY_TSC:                  // TSC at the boot CPU's first instruction
+    .quad 0
 
 .global ap_next_index
 .balign 4

@@ -40,6 +40,15 @@ unsafe extern "C" {
     static ap_trampoline_start: u8;
     static ap_trampoline_end: u8;
     static ap_next_index: AtomicU32;
+    static TERN_ENTRY_TSC: u64;
+}
+
+/// TSC cycles from the boot CPU's first instruction to its first at CPL3:
+/// the (emulated, on PVM) CPL0 part of the boot.
+pub fn cpl0_boot_cycles() -> u64 {
+    // SAFETY: written once by entry.s before CPL3; read-only afterwards.
+    let entry = unsafe { (&raw const TERN_ENTRY_TSC).read_volatile() };
+    CPL3_START_TSC.load(core::sync::atomic::Ordering::Relaxed).wrapping_sub(entry)
 }
 
 fn set_test_name(name: &[u8]) {

@@ -150,6 +150,7 @@ pub fn run(boot: &BootInfo) -> ! {
     });
     tern!("devices virtio_mmio={} pci={}", virtio, pci_count);
     let start = crate::CPL3_START_TSC.load(core::sync::atomic::Ordering::Relaxed);
+    tern!("metric=boot-cpl0 value={} unit=tsc-cycles", crate::cpl0_boot_cycles());
     tern!("metric=demo-cpl3 value={} unit=tsc-cycles", cpu::rdtsc().wrapping_sub(start));
     tern!("test=demo result=pass");
 
