@@ -128,6 +128,7 @@ pub const SCENARIOS: &[Scenario] = &[
                   (CPUID captured at CPL0: the VMM's CPU model), `TERN memory ram_mib=N`, \
                   `TERN acpi rsdp=.. tables=..`, `TERN cpus=N source=madt`, `TERN virtio-mmio slot=..`, \
                   `TERN pci dev=..`, `TERN devices virtio_mmio=N pci=N`, \
+                  `TERN metric=boot-cpl0 value=N unit=tsc-cycles` (first instruction to CPL3), \
                   `TERN metric=demo-cpl3 value=N unit=tsc-cycles` (time at CPL3 so far), `TERN test=demo result=pass`",
         ends_with: "ACPI soft-off; exit code 0 if still running",
     },
