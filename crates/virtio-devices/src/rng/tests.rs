@@ -152,3 +152,33 @@ fn registers_identify_a_v2_rng() {
     assert_eq!(io.len(), 1);
     assert_eq!((io[0].0, io[0].1), (0xd000_0050, Some(0)));
 }
+
+#[test]
+fn head_index_past_the_queue_breaks_the_device() {
+    let mut h = harness();
+    h.init(COMMON_FEATURES, &[16]);
+    let mem = h.mem.memory();
+    h.queues[0].publish(&mem, 99);
+    drop(mem);
+    h.kick(0);
+    let t0 = std::time::Instant::now();
+    while h.status() & STATUS_NEEDS_RESET as u32 == 0 && t0.elapsed().as_secs() < 5 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert_ne!(h.status() & STATUS_NEEDS_RESET as u32, 0);
+    assert_eq!(h.queues[0].pop_used(&h.mem.memory()), None, "nothing was returned for a bogus head");
+}
+
+#[test]
+fn zero_length_and_readable_only_buffers_get_nothing() {
+    let mut h = harness();
+    h.init(COMMON_FEATURES, &[16]);
+    let mem = h.mem.memory();
+    h.queues[0].add(&mem, &[(0x100000, 64, false)]);
+    h.queues[0].add(&mem, &[]);
+    drop(mem);
+    h.kick(0);
+    assert_eq!(h.queues[0].wait_used(&h.mem), Some((0, 0)));
+    assert!(h.queues[0].wait_used(&h.mem).is_some());
+    assert_eq!(h.status() & STATUS_NEEDS_RESET as u32, 0);
+}
