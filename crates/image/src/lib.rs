@@ -177,6 +177,10 @@ pub struct OpenOptions {
     /// Never sync to the disk (qemu's `cache=unsafe`): metadata is still written
     /// in order, but a host crash may lose it. For scratch copies like `convert`.
     pub cache_unsafe: bool,
+    /// qcow2 L2 table cache budget in bytes (QEMU's `l2-cache-size`); default 32 MiB.
+    pub l2_cache_bytes: Option<u64>,
+    /// qcow2 refcount block cache budget in bytes; default 8 MiB.
+    pub refcount_cache_bytes: Option<u64>,
 }
 
 /// Maximum length of a backing chain, guards against loops we could not detect by path.

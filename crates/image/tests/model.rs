@@ -46,7 +46,12 @@ fn run_case(cluster_size: u64, refcount_bits: u32, version: u32, ops: &[Op]) {
     let p = d.path("m.qcow2");
     let opts = CreateOptions { cluster_size, refcount_bits, version, ..Default::default() };
     qcow2::create(&p, SIZE, Preallocation::Off, &opts).unwrap();
-    let mut img = Qcow2::open(&p, false).unwrap();
+    // Tiny caches so tables are evicted (and written back in order) all the time.
+    let open = || {
+        let o = image::OpenOptions { l2_cache_bytes: Some(1), refcount_cache_bytes: Some(1), ..Default::default() };
+        Qcow2::open_with(&p, &o).unwrap()
+    };
+    let mut img = open();
     let mut model = vec![0u8; SIZE as usize];
     let mut snaps: Vec<(String, Vec<u8>)> = Vec::new();
     let mut next_snap = 0;
@@ -99,7 +104,7 @@ fn run_case(cluster_size: u64, refcount_bits: u32, version: u32, ops: &[Op]) {
             Op::Flush => img.flush().unwrap(),
             Op::Reopen => {
                 drop(img);
-                img = Qcow2::open(&p, false).unwrap();
+                img = open();
             }
         }
         let mut got = vec![0u8; SIZE as usize];

@@ -54,12 +54,14 @@ impl<T> TableCache<T> {
         self.map.remove(&off).map(|s| s.data)
     }
 
-    /// The least recently used entry if the cache is full: (offset, dirty).
+    /// An old entry to evict if the cache is full: (offset, dirty). Approximate
+    /// LRU: the least recently used of a small sample, so eviction stays O(1)
+    /// even with tens of thousands of small tables.
     pub fn victim(&self) -> Option<(u64, bool)> {
         if self.map.len() < self.capacity {
             return None;
         }
-        self.map.iter().min_by_key(|(_, s)| s.used).map(|(&o, s)| (o, s.dirty))
+        self.map.iter().take(32).min_by_key(|(_, s)| s.used).map(|(&o, s)| (o, s.dirty))
     }
 
     /// Offsets of dirty tables, ascending (sequential writes).

@@ -75,8 +75,9 @@ impl Walker<'_> {
     }
 
     fn walk_l1(&mut self, l1: &[u64], active: bool) {
-        let mut next_contig = 0u64;
         for (i, &l1e) in l1.iter().enumerate() {
+            // Like QEMU, contiguity is measured within one L2 table.
+            let mut next_contig = 0u64;
             let off = l1e & L1E_OFFSET_MASK;
             if off == 0 {
                 continue;

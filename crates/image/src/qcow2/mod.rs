@@ -28,9 +28,11 @@ use state::{L1E_OFFSET_MASK, OFLAG_COPIED, State};
 
 use crate::{BlockBackend, Error, Extent, Format, OpenOptions as ImgOpen, Result, io_err};
 
-/// Default metadata cache budgets (bytes): enough L2 to map 32 GiB with 64 KiB clusters.
-const L2_CACHE_BYTES: u64 = 4 << 20;
-const RC_CACHE_BYTES: u64 = 1 << 20;
+/// Metadata cache budgets (bytes), QEMU's defaults: up to 32 MiB of L2 tables
+/// (all of a 256 GiB image with 64 KiB clusters) and a quarter of that for refcounts.
+/// Tables are cached as they are used, so small images use little memory.
+const L2_CACHE_BYTES: u64 = 32 << 20;
+const RC_CACHE_BYTES: u64 = 8 << 20;
 
 pub struct Qcow2 {
     pub(crate) file: File,
@@ -77,7 +79,7 @@ impl Qcow2 {
             header.refcount_order,
             header.cluster_bits,
             file_len,
-            (RC_CACHE_BYTES / cs).max(16) as usize,
+            (opts.refcount_cache_bytes.unwrap_or(RC_CACHE_BYTES) / cs).max(4) as usize,
         )?;
         rc.nosync = opts.cache_unsafe;
         let snapshots = if header.nb_snapshots > 0 {
@@ -117,7 +119,7 @@ impl Qcow2 {
             header,
             l1,
             l1_dirty: false,
-            l2: cache::TableCache::new((L2_CACHE_BYTES / cs).max(16) as usize),
+            l2: cache::TableCache::new((opts.l2_cache_bytes.unwrap_or(L2_CACHE_BYTES) / cs).max(4) as usize),
             rc,
             snapshots,
             pending_frees: Vec::new(),

@@ -156,9 +156,12 @@ impl State {
     fn evict_l2(&mut self, file: &File) -> Result<()> {
         while let Some((off, dirty)) = self.l2.victim() {
             if dirty {
+                // Write back every dirty table at once: one sync instead of one per eviction.
                 self.rc.flush(file)?;
                 self.sync(file)?;
-                self.write_l2(file, off)?;
+                for d in self.l2.dirty() {
+                    self.write_l2(file, d)?;
+                }
             }
             self.l2.remove(off);
         }
