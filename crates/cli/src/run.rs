@@ -57,6 +57,9 @@ pub struct RunArgs {
     /// A virtio-balloon device: [size=MIB][,deflate_on_oom=on|off][,stats=SECS]; the target is set through the control socket.
     #[arg(long, num_args = 0..=1, default_missing_value = "")]
     pub balloon: Option<String>,
+    /// Write the built-in test guest (a PVH/Linux-bootable ELF) to PATH and exit, e.g. to boot it under another VMM.
+    #[arg(long = "export-guest", hide = true)]
+    pub export_guest: Option<PathBuf>,
     /// Entry protocol for ELF kernels with a PVH note: auto, pvh or linux (64-bit boot protocol).
     #[arg(long, value_parser = ["auto", "pvh", "linux"], default_value = "auto")]
     pub boot: String,
@@ -104,6 +107,15 @@ fn config_from(a: &RunArgs) -> Result<(VmConfig, KernelSource, BootProtocol), St
 }
 
 pub fn main(args: RunArgs) -> i32 {
+    if let Some(p) = &args.export_guest {
+        return match test_guest::write_guest(p) {
+            Ok(()) => exit_status::OK,
+            Err(e) => {
+                eprintln!("tern run: cannot write the test guest to {}: {e}", p.display());
+                exit_status::ERROR
+            }
+        };
+    }
     let (config, kernel, proto) = match config_from(&args) {
         Ok(c) => c,
         Err(e) => {

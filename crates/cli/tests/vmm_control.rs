@@ -135,3 +135,55 @@ fn busy_control_socket_is_refused() {
     let out = wait_with_timeout(first, T);
     assert_eq!(out.status.code(), Some(0));
 }
+
+fn vcpu_affinity(pid: u32, name: &str) -> String {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let st = std::fs::read_to_string(t.path().join("status")).unwrap();
+            return st
+                .lines()
+                .find(|l| l.starts_with("Cpus_allowed_list:"))
+                .unwrap()
+                .split(':')
+                .nth(1)
+                .unwrap()
+                .trim()
+                .into();
+        }
+    }
+    panic!("no thread {name}");
+}
+
+#[test]
+fn vcpus_are_pinned_at_start_and_live() {
+    let dir = TempDir::new("pin");
+    let elf = guest_elf(&dir);
+    let sock = dir.join("api.sock");
+    let log = dir.join("serial.log");
+    let child = tern()
+        .args(["run", "--cpus", "2", "--pin", "0=1", "--cmdline", "tern.test=spin", "--kernel"])
+        .arg(&elf)
+        .arg("--api-socket")
+        .arg(&sock)
+        .arg("--serial")
+        .arg(format!("file={}", log.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_path(&sock, T);
+    wait_for_text(&log, "TERN tick=1", Duration::from_secs(20));
+    assert_eq!(vcpu_affinity(child.id(), "vcpu0"), "1");
+    call(&sock, Request::PinVcpu { vcpu: 1, cpus: vec![0] });
+    let deadline = Instant::now() + T;
+    while vcpu_affinity(child.id(), "vcpu1") != "0" {
+        assert!(Instant::now() < deadline, "vCPU 1 was not re-pinned");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let e = api::call(&sock, &Request::PinVcpu { vcpu: 7, cpus: vec![0] }, T).unwrap_err();
+    assert!(e.to_string().contains("no vCPU 7"), "{e}");
+    call(&sock, Request::Stop);
+    let out = wait_with_timeout(child, T);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

@@ -48,6 +48,9 @@ pub struct VcpuCounters {
     pub run_ns: AtomicU64,
     /// Guest RIP recorded each time the vCPU parks for a pause.
     pub last_rip: AtomicU64,
+    /// Host CPUs this vCPU should move to; applied by the vCPU thread itself
+    /// (affinity is per thread) the next time it leaves KVM_RUN.
+    pub pin_request: Mutex<Option<Vec<usize>>>,
 }
 
 /// Why a vCPU thread ended abnormally: the report for the user.
@@ -198,9 +201,23 @@ pub fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
     if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
+/// Kick one vCPU thread out of KVM_RUN (e.g. to apply a new pinning).
+pub fn kick(thread: &VcpuThread) {
+    if let Some(h) = &thread.handle
+        && !h.is_finished()
+    {
+        let _ = h.kill(kick_signal());
+    }
+}
+
 fn run_loop(vcpu: &mut Vcpu, ctx: &VcpuContext) {
     let io = BusIo { pio: &ctx.pio, mmio: &ctx.mmio };
     loop {
+        if let Some(cpus) = ctx.counters.pin_request.lock().unwrap_or_else(|e| e.into_inner()).take()
+            && let Err(e) = pin_current_thread(&cpus)
+        {
+            tracing::warn!("cannot pin vCPU {} to {cpus:?}: {e}", vcpu.id());
+        }
         match ctx.control.cmd() {
             STOP => return,
             PAUSE => {

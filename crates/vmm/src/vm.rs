@@ -315,8 +315,14 @@ impl Vm {
             Request::PinVcpu { vcpu, .. } if vcpu >= self.config.cpus => {
                 (Response::err(format!("no vCPU {vcpu}: the VM has {}", self.config.cpus)), None)
             }
-            Request::PinVcpu { .. } => {
-                (Response::err("live vCPU pinning is not supported yet: use --pin at start"), None)
+            Request::PinVcpu { vcpu, cpus } => {
+                let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+                if cpus.is_empty() || cpus.iter().any(|&c| c >= ncpu) {
+                    return (Response::err(format!("host CPUs {cpus:?} are not all in 0..{ncpu}")), None);
+                }
+                *self.counters[vcpu as usize].pin_request.lock().unwrap_or_else(|e| e.into_inner()) = Some(cpus);
+                crate::vcpu::kick(&self.threads[vcpu as usize]);
+                (Response::empty(), None)
             }
         }
     }
