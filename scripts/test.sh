@@ -29,7 +29,7 @@ cargo test --release --workspace -- --test-threads="$threads" --skip linux_vmlin
 
 if [ -z "${TERN_SKIP_FUZZ:-}" ]; then
   for f in scripts/fuzz-*.sh; do
-    [ -x "$f" ] && "$f"
+    [ -x "$f" ] && "$f" "${TERN_FUZZ_SECONDS:-30}"
   done
 fi
 
