@@ -77,7 +77,7 @@ pub fn test_name() -> &'static str {
 /// that fails too, spin (CPL3 cannot halt).
 pub fn exit(code: u32) -> ! {
     cpu::outl(EXIT_PORT, code);
-    if let Some(acpi) = acpi::Acpi::discover(0) {
+    if let Some(acpi) = acpi::Acpi::discover(RSDP_HINT.load(core::sync::atomic::Ordering::Relaxed)) {
         acpi.power_off();
     }
     loop {
@@ -104,6 +104,9 @@ pub fn ap_index_counter() -> &'static AtomicU32 {
     unsafe { &ap_next_index }
 }
 
+/// The RSDP address the loader handed over (0: scan), for [`exit`].
+static RSDP_HINT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 /// TSC when the boot CPU reached CPL3.
 pub static CPL3_START_TSC: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
@@ -112,6 +115,7 @@ extern "C" fn tern_bsp_main(info: u64, kind: u64) -> ! {
     CPL3_START_TSC.store(cpu::rdtsc(), core::sync::atomic::Ordering::Relaxed);
     serial::init();
     let boot = boot::parse(info, kind);
+    RSDP_HINT.store(boot.rsdp, core::sync::atomic::Ordering::Relaxed);
     let test = boot::param(boot.cmdline, "tern.test").unwrap_or(b"demo");
     let test = if test.is_ascii() { test } else { b"?" };
     set_test_name(test);
