@@ -51,8 +51,9 @@
 //!
 //! # Memory the guest uses
 //!
-//! * 0x100000..0x1a0000: the image (code, data, page tables, GDT/IDT/TSS,
-//!   stacks: BSP 64 KiB, exception 16 KiB, 64 × 8 KiB AP stacks).
+//! * 0x100000..0x1f0000: the image (code, data, page tables, GDT/IDT/TSS,
+//!   stacks: BSP 64 KiB, exception 16 KiB, 64 × 8 KiB AP stacks; 64 page
+//!   directories for RAM above 4 GiB).
 //! * 0x10000..0x11000: the AP trampoline (smp scenario only; SIPI vector 0x10).
 //! * Everything below 2 MiB is the guest's; the `memory` scenario tests RAM
 //!   from 2 MiB to 4 GiB.
@@ -141,7 +142,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "memory",
-        params: "tern.mem_mib=N or tern.mem=<size>[K|M|G] (all RAM 2 MiB..4 GiB)",
+        params: "tern.mem_mib=N or tern.mem=<size>[K|M|G] (all RAM from 2 MiB up), tern.mem_start=<addr> (2M); \
+                 RAM above 4 GiB is mapped at CPL3 first (1 GiB pages, else 2 MiB pages: up to 68 GiB)",
         reports: "`TERN metric=memory-pattern value=N unit=us`, \
                   `TERN test=memory result=pass bytes=N checksum=0x..`",
         ends_with: "exit code 0 / 1",

@@ -101,6 +101,18 @@ fn memory_pattern_over_requested_size() {
 }
 
 #[test]
+fn memory_above_4gib_is_mapped_and_tested() {
+    if !qemu_usable() {
+        return;
+    }
+    // 4 GiB of guest RAM: part of it lands above 4 GiB (the MMIO hole), which
+    // the guest maps at CPL3 before testing it.
+    let run = boot("tern.test=memory tern.mem_start=4G tern.mem_mib=64", &["-m", "4G"], None, T);
+    assert_prefix(&run, "TERN test=memory result=pass bytes=67108864 checksum=0x");
+    assert_eq!(run.status, Some(exit_status(EXIT_PASS)));
+}
+
+#[test]
 fn memory_default_covers_all_ram_above_2mib() {
     if !qemu_usable() {
         return;

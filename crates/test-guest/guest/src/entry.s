@@ -28,6 +28,7 @@
 .set EXC_STACK_SIZE, 0x4000
 .set BSP_STACK_SIZE, 0x10000
 .set AP_STACK_SIZE, 0x2000
+.set HIGH_PDS, 64
 
 .set COM1, 0x3f8
 .set EXIT_PORT, 0xf4
@@ -573,6 +574,7 @@ msg_fail: .asciz " result=fail reason=exception\n"
 pml4:
     .quad pdpt + 0x7
     .fill 511, 8, 0
+.global pdpt
 pdpt:
     .quad pd + 0x7
     .quad pd + 0x1000 + 0x7
@@ -665,3 +667,9 @@ ap_stacks:
     .skip AP_STACK_SIZE * MAX_CPUS
 .global ap_stacks_end
 ap_stacks_end:
+// Page directories the memory scenario adds at CPL3 for RAM above 4 GiB
+// when the CPU has no 1 GiB pages: one per GiB, 64 GiB more.
+.balign 4096
+.global high_pds
+high_pds:
+    .skip 4096 * HIGH_PDS

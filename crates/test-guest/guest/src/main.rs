@@ -12,6 +12,7 @@ mod acpi;
 mod blk_pattern;
 mod boot;
 mod cpu;
+mod highmem;
 mod mem;
 mod pci;
 mod scenario;

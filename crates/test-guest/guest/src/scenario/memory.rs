@@ -1,9 +1,10 @@
 //! `memory`: write and verify a pattern over RAM above 2 MiB.
 //! Parameters: `tern.mem_mib=N` or `tern.mem=<size>[K|M|G]` (default: all
-//! RAM from the memory map between 2 MiB and 4 GiB).
+//! RAM in the memory map from 2 MiB up), `tern.mem_start=<addr>[K|M|G]`
+//! (default 2M) to test from a higher address, e.g. 4G.
 
 use crate::boot::{BootInfo, E820_RAM, param, parse_u64};
-use crate::cpu::{MAPPED_LIMIT, rdtsc, tsc_hz};
+use crate::cpu::{rdtsc, tsc_hz};
 use crate::tern;
 
 const TEST_START: u64 = 2 << 20;
@@ -22,13 +23,23 @@ pub fn run(boot: &BootInfo) -> ! {
         crate::finish(false, format_args!(" reason=bad-parameter"));
     };
     let requested = remaining;
+    let test_start = match param(boot.cmdline, "tern.mem_start").map(parse_u64) {
+        None => TEST_START,
+        Some(Some(start)) if start >= TEST_START => start,
+        Some(_) => crate::finish(false, format_args!(" reason=bad-parameter")),
+    };
+    let ram_top = boot.regions().iter().filter(|r| r.kind == E820_RAM).map(|r| r.addr + r.size).max().unwrap_or(0);
+    let mapped = crate::highmem::map_up_to(ram_top);
+    if mapped < ram_top {
+        crate::tern!("memory unmapped_from={:#x} ram_top={:#x}", mapped, ram_top);
+    }
     let start_tsc = rdtsc();
     let mut touched = 0u64;
     let mut checksum = 0u64;
     let mut bad: Option<(u64, u64, u64)> = None;
     for r in boot.regions().iter().filter(|r| r.kind == E820_RAM) {
-        let start = r.addr.max(TEST_START).next_multiple_of(8);
-        let end = (r.addr + r.size).min(MAPPED_LIMIT) & !7;
+        let start = r.addr.max(test_start).next_multiple_of(8);
+        let end = (r.addr + r.size).min(mapped) & !7;
         if start >= end || remaining == 0 {
             continue;
         }
@@ -37,7 +48,7 @@ pub fn run(boot: &BootInfo) -> ! {
         touched += len;
         let words = (len / 8) as usize;
         // SAFETY: RAM from the memory map, above the guest image (< 2 MiB)
-        // and below 4 GiB (identity mapped); nothing else uses it.
+        // and identity mapped (below `mapped`); nothing else uses it.
         let mem = unsafe { core::slice::from_raw_parts_mut(start as *mut u64, words) };
         for (i, w) in mem.iter_mut().enumerate() {
             *w = pattern(start + i as u64 * 8);
