@@ -56,11 +56,12 @@
 //!   directories for RAM above 4 GiB).
 //! * 0x10000..0x11000: the AP trampoline (smp scenario only; SIPI vector 0x10).
 //! * Everything below 2 MiB is the guest's; the `memory` scenario tests RAM
-//!   from 2 MiB to 4 GiB.
+//!   from 2 MiB up (it maps RAM above 4 GiB at CPL3 first).
 //! * virtio scenarios only: 2..4 MiB DMA pages (virtqueues, buffers), 4..6 MiB
 //!   heap (bump allocators, never freed); `virtio-balloon` gives away the
-//!   highest pages of RAM below 4 GiB. The VMM's boot structures (zero page, start_info,
-//!   cmdline, ACPI) are only read, before any scenario writes memory.
+//!   highest pages of RAM below 4 GiB.
+//! * The VMM's boot structures (zero page, start_info, cmdline, ACPI) are
+//!   only read, before any scenario writes memory.
 //!
 //! # Scenarios (`tern.test=<name>`, default `demo`)
 //!
