@@ -229,6 +229,25 @@ fn bad_input_gets_one_line_errors() {
     env.ok(&["destroy", "run"]);
     let out = env.ok(&["undefine", "run"]);
     assert!(out.contains("undefined"));
+    // One daemon per state dir, one per socket.
+    let o = std::process::Command::new(manager_common::TERN)
+        .args(["daemon", "--state-dir"])
+        .arg(&env.state)
+        .arg("--socket")
+        .arg(env.dir.join("other.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("already running"), "{err}");
+    let o = std::process::Command::new(manager_common::TERN)
+        .args(["daemon", "--state-dir"])
+        .arg(env.dir.join("other-state"))
+        .arg("--socket")
+        .arg(&env.sock)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("already listening"), "{err}");
     // Unknown by UUID too; and known by UUID.
     let uuid = env.json(&["dominfo", "nodisk"])["uuid"].as_str().unwrap().to_string();
     assert_eq!(env.json(&["domstate", &uuid])["state"], "stopped");
