@@ -15,9 +15,6 @@ pub struct DaemonArgs {
     /// Seconds a VM may take to bring up its control socket.
     #[arg(long, default_value_t = 30)]
     pub start_timeout: u64,
-    /// qemu-img compatible tool for qcow2 volumes (default: qemu-img in PATH, else `tern img`).
-    #[arg(long, value_name = "PATH")]
-    pub image_tool: Option<PathBuf>,
 }
 
 pub fn main(args: DaemonArgs) -> i32 {
@@ -29,12 +26,7 @@ pub fn main(args: DaemonArgs) -> i32 {
         }
     };
     let state_dir = std::path::absolute(&args.state_dir).unwrap_or(args.state_dir);
-    let cfg = manager::DaemonConfig {
-        state_dir,
-        exe,
-        image_tool: args.image_tool.unwrap_or_else(manager::storage::default_image_tool),
-        start_timeout: Duration::from_secs(args.start_timeout),
-    };
+    let cfg = manager::DaemonConfig { state_dir, exe, start_timeout: Duration::from_secs(args.start_timeout) };
     match manager::server::run(cfg, args.socket) {
         Ok(()) => 0,
         Err(e) => {

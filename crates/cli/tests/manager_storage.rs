@@ -49,6 +49,12 @@ fn dir_pool_volumes_as_disks() {
         env.wait_console(vm, "TERN test=virtio-blk result=pass", T);
     }
     assert_eq!(sector0(target.join("base.raw").to_str().unwrap()), test_guest::blk_sector_pattern(0));
+    // The qcow2 volumes the daemon made are valid for QEMU's tools too.
+    for q in ["data.qcow2", "top.qcow2"] {
+        if let Ok(o) = std::process::Command::new("qemu-img").arg("check").arg(target.join(q)).output() {
+            assert!(o.status.success(), "qemu-img check {q}: {}", String::from_utf8_lossy(&o.stdout));
+        }
+    }
 
     env.ok(&["vol-clone", "imgs/base.raw", "copy.raw"]);
     assert_eq!(sector0(target.join("copy.raw").to_str().unwrap()), test_guest::blk_sector_pattern(0));

@@ -108,8 +108,6 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// The `tern` binary used to run VMs (`tern _shim -- run ...`).
     pub exe: PathBuf,
-    /// qemu-img compatible tool for qcow2 volumes.
-    pub image_tool: PathBuf,
     /// How long a VM may take to bring up its control socket.
     pub start_timeout: Duration,
 }

@@ -62,7 +62,7 @@ impl Daemon {
             pools.insert(def.name.clone(), PoolEntry { def, active: false });
         }
         for p in pools.values_mut().filter(|p| p.def.autostart) {
-            match storage::open(&p.def, &self.cfg.image_tool).start() {
+            match storage::open(&p.def).start() {
                 Ok(()) => p.active = true,
                 Err(e) => tracing::warn!("pool {} autostart failed: {e}", p.def.name),
             }
@@ -88,7 +88,7 @@ impl Daemon {
     }
 
     fn pool_json(&self, p: &PoolEntry) -> Value {
-        let space = if p.active { storage::open(&p.def, &self.cfg.image_tool).space().ok() } else { None };
+        let space = if p.active { storage::open(&p.def).space().ok() } else { None };
         json!({
             "name": p.def.name, "type": p.def.kind, "target": p.def.target, "active": p.active,
             "autostart": p.def.autostart, "source_name": p.def.source_name, "source_devices": p.def.source_devices,
@@ -135,7 +135,7 @@ impl Daemon {
 
     pub fn pool_action(&self, name: &str, action: &str) -> Result<Value, ApiError> {
         let def = self.pool_def(name, false)?;
-        let pool = storage::open(&def, &self.cfg.image_tool);
+        let pool = storage::open(&def);
         match action {
             "start" => pool.start().map_err(storage_err)?,
             "destroy" => pool.stop().map_err(storage_err)?,
@@ -169,32 +169,32 @@ impl Daemon {
 
     pub fn vol_list(&self, pool: &str) -> Result<Value, ApiError> {
         let def = self.pool_def(pool, true)?;
-        let vols = storage::open(&def, &self.cfg.image_tool).list().map_err(storage_err)?;
+        let vols = storage::open(&def).list().map_err(storage_err)?;
         Ok(serde_json::to_value(vols).unwrap_or_default())
     }
 
     pub fn vol_info(&self, pool: &str, vol: &str) -> Result<Value, ApiError> {
         let def = self.pool_def(pool, true)?;
-        let v = storage::open(&def, &self.cfg.image_tool).info(vol).map_err(storage_err)?;
+        let v = storage::open(&def).info(vol).map_err(storage_err)?;
         Ok(serde_json::to_value(v).unwrap_or_default())
     }
 
     pub fn vol_create(&self, pool: &str, req: &VolumeCreate) -> Result<Value, ApiError> {
         let def = self.pool_def(pool, true)?;
-        let v = storage::open(&def, &self.cfg.image_tool).create(req).map_err(storage_err)?;
+        let v = storage::open(&def).create(req).map_err(storage_err)?;
         self.events.emit("volume", json!({"pool": pool, "name": v.name, "action": "created"}));
         Ok(serde_json::to_value(v).unwrap_or_default())
     }
 
     pub fn vol_resize(&self, pool: &str, vol: &str, capacity: u64) -> Result<Value, ApiError> {
         let def = self.pool_def(pool, true)?;
-        let v = storage::open(&def, &self.cfg.image_tool).resize(vol, capacity).map_err(storage_err)?;
+        let v = storage::open(&def).resize(vol, capacity).map_err(storage_err)?;
         Ok(serde_json::to_value(v).unwrap_or_default())
     }
 
     pub fn vol_clone(&self, pool: &str, vol: &str, new_name: &str) -> Result<Value, ApiError> {
         let def = self.pool_def(pool, true)?;
-        let v = storage::open(&def, &self.cfg.image_tool).clone_volume(vol, new_name).map_err(storage_err)?;
+        let v = storage::open(&def).clone_volume(vol, new_name).map_err(storage_err)?;
         Ok(serde_json::to_value(v).unwrap_or_default())
     }
 
@@ -213,7 +213,7 @@ impl Daemon {
         if !users.is_empty() {
             return Err(ApiError::conflict(format!("volume `{full}` is in use by running VM `{}`", users.join(", "))));
         }
-        storage::open(&def, &self.cfg.image_tool).delete(vol).map_err(storage_err)?;
+        storage::open(&def).delete(vol).map_err(storage_err)?;
         self.events.emit("volume", json!({"pool": pool, "name": vol, "action": "deleted"}));
         Ok(())
     }
@@ -222,7 +222,7 @@ impl Daemon {
     pub(super) fn delete_volume_ref(&self, vol: &str) -> Result<(), ApiError> {
         let (pool, name) = split_vol(vol);
         let def = self.pool_def(pool, true)?;
-        match storage::open(&def, &self.cfg.image_tool).delete(name) {
+        match storage::open(&def).delete(name) {
             Ok(()) | Err(storage::StorageError::NoVolume(_)) => Ok(()),
             Err(e) => Err(storage_err(e)),
         }
@@ -234,9 +234,7 @@ impl Daemon {
             (Some(v), _) => {
                 let (pool, name) = split_vol(v);
                 let def = self.pool_def(pool, true)?;
-                let p = storage::open(&def, &self.cfg.image_tool)
-                    .path_of(name)
-                    .map_err(|e| ApiError::bad(format!("disk vol `{v}`: {e}")))?;
+                let p = storage::open(&def).path_of(name).map_err(|e| ApiError::bad(format!("disk vol `{v}`: {e}")))?;
                 if !p.exists() {
                     return Err(ApiError::bad(format!("disk vol `{v}`: {} does not exist", p.display())));
                 }

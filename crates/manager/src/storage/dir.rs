@@ -9,7 +9,6 @@ use crate::definition::{DiskFormat, validate_name};
 
 pub struct DirPool {
     pub def: PoolDefinition,
-    pub image_tool: PathBuf,
 }
 
 impl DirPool {
@@ -74,7 +73,7 @@ impl Pool for DirPool {
                     None => None,
                 };
                 let size = if req.capacity == 0 && b.is_some() { None } else { Some(req.capacity) };
-                super::create_qcow2(&self.image_tool, &path, size, b)?;
+                super::create_qcow2(&path, size, b)?;
             }
         }
         self.volume(&req.name)
@@ -93,7 +92,7 @@ impl Pool for DirPool {
                 let f = fs::OpenOptions::new().write(true).open(&vol.path).map_err(io("cannot open volume"))?;
                 f.set_len(capacity).map_err(io(format!("cannot resize {}", vol.path.display())))?;
             }
-            DiskFormat::Qcow2 => super::resize_qcow2(&self.image_tool, &vol.path, capacity)?,
+            DiskFormat::Qcow2 => super::resize_qcow2(&vol.path, capacity)?,
         }
         self.volume(name)
     }

@@ -128,9 +128,9 @@ pub trait Pool {
 }
 
 /// Instantiate the implementation for a definition.
-pub fn open(def: &PoolDefinition, image_tool: &Path) -> Box<dyn Pool + Send> {
+pub fn open(def: &PoolDefinition) -> Box<dyn Pool + Send> {
     match def.kind {
-        PoolKind::Dir => Box::new(dir::DirPool { def: def.clone(), image_tool: image_tool.to_path_buf() }),
+        PoolKind::Dir => Box::new(dir::DirPool { def: def.clone() }),
         PoolKind::Logical => Box::new(lvm::LvmPool { def: def.clone() }),
     }
 }
@@ -163,41 +163,42 @@ pub fn probe_image(path: &Path) -> Result<(DiskFormat, u64)> {
     Ok((DiskFormat::Raw, len))
 }
 
-/// Create a qcow2 image (optionally over a backing file) with the
-/// qemu-img-compatible image tool. This is the one place to switch to the
-/// in-process `image` crate API once it is stable.
-pub fn create_qcow2(tool: &Path, path: &Path, size: Option<u64>, backing: Option<(&Path, DiskFormat)>) -> Result<()> {
-    let mut cmd = Command::new(tool);
-    if tool.file_name().is_some_and(|n| n != "qemu-img") {
-        cmd.arg("img");
-    }
-    cmd.args(["create", "-q", "-f", "qcow2"]);
-    if let Some((b, f)) = backing {
-        cmd.arg("-b").arg(b).args(["-F", &f.to_string()]);
-    }
-    cmd.arg(path);
-    if let Some(s) = size {
-        cmd.arg(s.to_string());
-    }
-    run(&mut cmd).map(|_| ())
+fn image_err(path: &Path) -> impl FnOnce(image::Error) -> StorageError {
+    let what = path.display().to_string();
+    move |e| StorageError::Command { cmd: format!("qcow2 {what}"), msg: e.to_string() }
 }
 
-/// Resize a qcow2 image with the image tool.
-pub fn resize_qcow2(tool: &Path, path: &Path, size: u64) -> Result<()> {
-    let mut cmd = Command::new(tool);
-    if tool.file_name().is_some_and(|n| n != "qemu-img") {
-        cmd.arg("img");
+fn image_format(f: DiskFormat) -> image::Format {
+    match f {
+        DiskFormat::Raw => image::Format::Raw,
+        DiskFormat::Qcow2 => image::Format::Qcow2,
     }
-    cmd.args(["resize", "-q", "-f", "qcow2"]).arg(path).arg(size.to_string());
-    run(&mut cmd).map(|_| ())
 }
 
-/// The image tool to use: `qemu-img` from PATH if present, else `tern img`.
-pub fn default_image_tool() -> PathBuf {
-    let qemu = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("qemu-img"))
-        .find(|p| p.exists());
-    qemu.unwrap_or_else(|| std::env::current_exe().unwrap_or_else(|_| PathBuf::from("tern")))
+/// Create a qcow2 image with the `image` crate, optionally over a backing
+/// file; without a size it takes the backing file's.
+pub fn create_qcow2(path: &Path, size: Option<u64>, backing: Option<(&Path, DiskFormat)>) -> Result<()> {
+    let size = match (size, backing) {
+        (Some(s), _) => s,
+        (None, Some((b, f))) => image::open(b, Some(image_format(f)), true).map_err(image_err(b))?.size(),
+        (None, None) => 0,
+    };
+    let opts = image::CreateOptions {
+        size,
+        preallocation: image::Preallocation::Off,
+        qcow2: image::qcow2::CreateOptions {
+            backing_file: backing.map(|(b, _)| b.display().to_string()),
+            backing_format: backing.map(|(_, f)| f.to_string()),
+            ..Default::default()
+        },
+    };
+    image::create(path, image::Format::Qcow2, &opts).map_err(image_err(path))
+}
+
+/// Grow a qcow2 image with the `image` crate.
+pub fn resize_qcow2(path: &Path, size: u64) -> Result<()> {
+    use image::BlockBackend as _;
+    let img = image::qcow2::Qcow2::open(path, false).map_err(image_err(path))?;
+    img.resize(size).map_err(image_err(path))?;
+    img.flush().map_err(image_err(path))
 }
