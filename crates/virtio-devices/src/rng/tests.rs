@@ -182,3 +182,48 @@ fn zero_length_and_readable_only_buffers_get_nothing() {
     assert!(h.queues[0].wait_used(&h.mem).is_some());
     assert_eq!(h.status() & STATUS_NEEDS_RESET as u32, 0);
 }
+
+#[test]
+fn event_idx_suppresses_interrupts_until_used_event() {
+    let mut h = harness();
+    h.init(COMMON_FEATURES, &[16]);
+    let used_event = GuestAddress(h.queues[0].avail + 4 + 2 * 16);
+    let mem = h.mem.memory();
+    // The driver wants an interrupt only after the 6th used entry.
+    mem.write_obj(5u16, used_event).unwrap();
+    h.queues[0].add(&mem, &[(0x100000, 8, true)]);
+    drop(mem);
+    h.kick(0);
+    assert!(h.queues[0].wait_used(&h.mem).is_some());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(h.interrupts(), 0, "EVENT_IDX: no interrupt before used_event");
+    // Now it asks for one at the next entry.
+    let mem = h.mem.memory();
+    mem.write_obj(1u16, used_event).unwrap();
+    h.queues[0].add(&mem, &[(0x100000, 8, true)]);
+    drop(mem);
+    h.kick(0);
+    assert!(h.queues[0].wait_used(&h.mem).is_some());
+    let t0 = std::time::Instant::now();
+    while h.interrupts() == 0 && t0.elapsed().as_secs() < 5 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(h.interrupts(), 1);
+}
+
+#[test]
+fn without_event_idx_every_batch_interrupts() {
+    let mut h = harness();
+    h.init(COMMON_FEATURES & !crate::device::VIRTIO_RING_F_EVENT_IDX, &[16]);
+    let mem = h.mem.memory();
+    mem.write_obj(5u16, GuestAddress(h.queues[0].avail + 4 + 2 * 16)).unwrap();
+    h.queues[0].add(&mem, &[(0x100000, 8, true)]);
+    drop(mem);
+    h.kick(0);
+    assert!(h.queues[0].wait_used(&h.mem).is_some());
+    let t0 = std::time::Instant::now();
+    while h.interrupts() == 0 && t0.elapsed().as_secs() < 5 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(h.interrupts(), 1);
+}
