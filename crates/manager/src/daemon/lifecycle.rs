@@ -216,6 +216,10 @@ impl Daemon {
             let child =
                 child.map_err(|err| ApiError::internal(format!("cannot start {}: {err}", self.cfg.exe.display())))?;
             let shim = ProcId::of(child.id() as i32);
+            // Lets a restarted daemon find a VM whose start it did not see finish.
+            if let Some(p) = shim {
+                let _ = write_atomic(&dir.join("shim.json"), &serde_json::to_vec(&p).unwrap_or_default());
+            }
             e.run = Some(RunInfo { shim, shim_child: true, vmm: None, started_unix_ms: crate::shim::now_ms() });
         }
         self.wait_until_up(name, &dir)

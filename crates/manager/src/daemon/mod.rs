@@ -181,8 +181,22 @@ impl Daemon {
             destroy_requested: false,
             taps: Vec::new(),
         };
-        let runtime: Option<RuntimeRecord> =
-            std::fs::read(dir.join(VmFiles::RUNTIME)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let read_runtime = || -> Option<RuntimeRecord> {
+            std::fs::read(dir.join(VmFiles::RUNTIME)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+        };
+        let mut runtime = read_runtime();
+        // The previous daemon died while starting this VM: give its shim a
+        // moment to record the VMM it started.
+        let shim: Option<ProcId> =
+            std::fs::read(dir.join("shim.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while runtime.is_none() && shim.is_some_and(|s| s.alive()) && !dir.join(VmFiles::EXIT).exists() {
+            if std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            runtime = read_runtime();
+        }
         let exit = read_exit(dir);
         match (runtime, exit) {
             (Some(rt), None) if rt.vmm.alive() => {
@@ -243,7 +257,7 @@ impl Daemon {
         for tap in e.taps.drain(..) {
             crate::net::delete_tap(&tap);
         }
-        for f in [VmFiles::RUNTIME, VmFiles::EXIT, VmFiles::CONTROL_SOCK, VmFiles::SERIAL_SOCK, "taps"] {
+        for f in [VmFiles::RUNTIME, VmFiles::EXIT, VmFiles::CONTROL_SOCK, VmFiles::SERIAL_SOCK, "taps", "shim.json"] {
             let _ = std::fs::remove_file(dir.join(f));
         }
         // Our own shim child may still be finishing (e.g. after a failed
