@@ -28,10 +28,21 @@ fn define_start_console_shutdown_and_guest_poweroff() {
     assert!(seen, "no tick lines on the console");
     env.wait_console("web", "TERN test=spin", T);
 
-    // Power button; the spin guest may ignore it, then --timeout destroys it.
-    let out = env.ok(&["shutdown", "web", "--timeout", "2"]);
-    assert!(out.contains("shut off") || out.contains("was destroyed"), "{out}");
-    assert_eq!(env.state("web"), "stopped");
+    // Power button: the spin guest polls PM1 and powers off cooperatively.
+    let out = env.ok(&["shutdown", "web", "--timeout", "20"]);
+    assert!(out.contains("is shut off"), "{out}");
+    assert_eq!(env.json(&["domstate", "web"])["reason"], "guest powered off");
+    assert!(env.console_log("web").contains("TERN test=spin state=power-button"));
+
+    // A guest that ignores the button (halted with interrupts off) is
+    // destroyed when --timeout runs out.
+    env.define_guest("deaf", "hlt", "");
+    env.ok(&["start", "deaf"]);
+    let t0 = std::time::Instant::now();
+    let out = env.ok(&["shutdown", "deaf", "--timeout", "1"]);
+    assert!(out.contains("ignored the power button for 1s and was destroyed"), "{out}");
+    assert!(t0.elapsed() >= Duration::from_secs(1));
+    assert_eq!(env.json(&["domstate", "deaf"])["reason"], "destroyed");
 
     // A guest that powers itself off ends up stopped, not crashed.
     env.define_guest("off", "poweroff", "");
