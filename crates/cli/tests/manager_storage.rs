@@ -61,6 +61,12 @@ fn dir_pool_volumes_as_disks() {
     let vols = env.json(&["vol-list", "imgs"]);
     let names: Vec<&str> = vols.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["base.raw", "copy.raw", "data.qcow2", "top.qcow2"]);
+    // Names cannot escape the pool directory.
+    std::fs::write(env.dir.join("victim"), b"x").unwrap();
+    let client = manager::Client::new(manager::Endpoint::Unix(env.sock.clone()));
+    let e = client.request("DELETE", "/1.0/pools/imgs/volumes/..%2Fvictim", None).unwrap_err().to_string();
+    assert!(e.contains("`name`"), "{e}");
+    assert!(env.dir.join("victim").exists());
     env.ok(&["vol-delete", "imgs/copy.raw"]);
     assert!(!target.join("copy.raw").exists());
 

@@ -13,6 +13,8 @@ pub struct DirPool {
 
 impl DirPool {
     fn volume(&self, name: &str) -> Result<VolumeInfo> {
+        // Names come from API paths: never let one escape the pool directory.
+        validate_name(name).map_err(|m| StorageError::Invalid { field: "name".into(), msg: m })?;
         let path = self.def.target.join(name);
         let meta = fs::metadata(&path).map_err(|_| StorageError::NoVolume(name.into()))?;
         let (format, capacity) = probe_image(&path)?;

@@ -102,6 +102,11 @@ impl LvmPool {
 }
 
 impl Pool for LvmPool {
+    fn info(&self, name: &str) -> Result<VolumeInfo> {
+        validate_name(name).map_err(|m| StorageError::Invalid { field: "name".into(), msg: m })?;
+        self.list()?.into_iter().find(|v| v.name == name).ok_or_else(|| StorageError::NoVolume(name.into()))
+    }
+
     fn start(&self) -> Result<()> {
         if !self.vg_exists() {
             if self.def.source_devices.is_empty() {
