@@ -204,6 +204,9 @@ impl BusDevice for AcpiPm {
             regs[reg].1 |= 0xff << shift;
         }
         let [(sts, sts_mask), (en, en_mask), (cnt, cnt_mask)] = regs;
+        tracing::trace!(
+            "acpi_pm write at +{offset:#x}: STS clear {sts:#x}/{sts_mask:#x} EN {en:#x}/{en_mask:#x} CNT {cnt:#x}/{cnt_mask:#x}"
+        );
         if sts_mask != 0 {
             self.sts &= !(sts & sts_mask & STS_BITS);
         }
