@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use devices::GuestMemory;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
@@ -81,6 +81,22 @@ pub fn discard_range(mem: &GuestMemoryMmap, addr: GuestAddress, len: u64) -> Res
     if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Decode one stats buffer: packed (u16 tag, u64 value) entries.
+fn read_stats(mem: &GuestMemoryMmap, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> Option<BalloonStats> {
+    let p = parse_chain(chain, (MAX_STATS * STAT_LEN) as u64).ok()?;
+    let mut raw = vec![0u8; p.readable_len() as usize];
+    if read_bufs(mem, &p.readable, 0, &mut raw).ok() != Some(raw.len()) {
+        return None;
+    }
+    let mut stats = BalloonStats::default();
+    for e in raw.chunks_exact(STAT_LEN) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let val = u64::from_le_bytes(e[2..10].try_into().unwrap_or_default());
+        stats.set(tag, val);
+    }
+    Some(stats)
+}
+
 impl BalloonHandler {
     /// Inflate: the guest gave these pages up.
     fn process_pfns(&mut self, which: usize) -> Result<(), DeviceBroken> {
@@ -132,32 +148,31 @@ impl BalloonHandler {
         let guard = self.mem.memory();
         let mem: &GuestMemoryMmap = &guard;
         let Some(pos) = self.position(QueueKind::Stats) else { return Ok(()) };
-        let q = &mut self.queues[pos];
-        while let Some(chain) = pop_chain(q, mem).map_err(broken)? {
-            let head = chain.head_index();
-            // A second buffer while we hold one: return the old one unused.
-            if let Some(old) = self.stats_head.replace(head) {
-                add_used(q, mem, old, 0).map_err(broken)?;
+        let ring = |e: virtio_queue::Error| broken(QueueError::Ring(e.to_string()));
+        loop {
+            self.queues[pos].disable_notification(mem).map_err(ring)?;
+            while let Some(chain) = pop_chain(&mut self.queues[pos], mem).map_err(broken)? {
+                let head = chain.head_index();
+                // A second buffer while we hold one: return the old one unused.
+                if let Some(old) = self.stats_head.replace(head) {
+                    add_used(&mut self.queues[pos], mem, old, 0).map_err(broken)?;
+                }
+                match read_stats(mem, chain) {
+                    Some(stats) => {
+                        *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
+                        self.shared.counters.stats_updates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {
+                        self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
-            let Ok(p) = parse_chain(chain, (MAX_STATS * STAT_LEN) as u64) else {
-                self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let mut raw = vec![0u8; p.readable_len() as usize];
-            if read_bufs(mem, &p.readable, 0, &mut raw).ok() != Some(raw.len()) {
-                self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
-                continue;
+            // With EVENT_IDX this publishes our position, without which the
+            // driver would never kick for its next stats buffer.
+            if !self.queues[pos].enable_notification(mem).map_err(ring)? {
+                return Ok(());
             }
-            let mut stats = BalloonStats::default();
-            for e in raw.chunks_exact(STAT_LEN) {
-                let tag = u16::from_le_bytes([e[0], e[1]]);
-                let val = u64::from_le_bytes(e[2..10].try_into().unwrap_or_default());
-                stats.set(tag, val);
-            }
-            *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
-            self.shared.counters.stats_updates.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(())
     }
 
     /// Ask the driver for fresh statistics by returning its buffer.

@@ -36,7 +36,8 @@ fn rig(mem: GuestMemoryMmap, cfg: &str) -> Rig {
     let mut deflate = Driver::new(&mem, 0x1_0000, 256);
     let mut stats = Driver::new(&mem, 0x2_0000, 16);
     let irq = Arc::new(TestIrq::default());
-    let qs = vec![inflate.activate(0, false), deflate.activate(1, false), stats.activate(2, false)];
+    // EVENT_IDX on the stats queue, as Linux negotiates it.
+    let qs = vec![inflate.activate(0, false), deflate.activate(1, false), stats.activate(2, true)];
     dev.activate(GuestMemoryAtomic::new(mem.clone()), irq.clone(), qs).unwrap();
     Rig { dev, mem, inflate, deflate, stats, irq }
 }
@@ -188,6 +189,15 @@ fn stats_are_kept_and_refreshed() {
     assert_eq!((s.free_memory, s.total_memory, s.swap_in), (Some(123_456_789), Some(1 << 30), None));
     // Within the 1 s interval the buffer goes back to the driver for a refill.
     assert_eq!(r.stats.wait_used(1, WAIT), vec![(0, 0)]);
+    // The device published avail_event = 1, so a driver honouring EVENT_IDX
+    // kicks for its next buffer (a Linux guest refills stats only then).
+    let avail_event: u16 = r.mem.read_obj(GuestAddress(r.stats.used + 4 + 8 * r.stats.size as u64)).unwrap();
+    assert_eq!(avail_event, 1);
+    buf[2..10].copy_from_slice(&42u64.to_le_bytes());
+    r.mem.write_slice(&buf, GuestAddress(PFN_BUF + 0x1000)).unwrap();
+    r.stats.add_chain(&[(PFN_BUF + 0x1000, buf.len() as u32, false)]);
+    r.stats.kick();
+    assert!(wait_for(WAIT, || h.stats().is_some_and(|s| s.free_memory == Some(42))));
 }
 
 #[test]
