@@ -180,7 +180,44 @@ pub fn shape_cpuid(
         }
     }
     apply_topology(&mut entries, vcpu_id, topo);
+    fill_brand(&mut entries, &brand_string(model));
     CpuId::from_entries(&entries).map_err(|_| CpuidError::TooManyEntries)
+}
+
+/// The processor brand string (leaves 0x80000002-4): the host's for host
+/// passthrough (KVM reports these leaves empty), a Tern model name otherwise.
+fn brand_string(model: &CpuModel) -> [u8; 48] {
+    let mut b = [0u8; 48];
+    if model.base.is_none() {
+        for (i, leaf) in (0x8000_0002u32..=0x8000_0004).enumerate() {
+            // Leaves above the maximum extended leaf return zeros, which
+            // fall through to the Tern name below.
+            let r = std::arch::x86_64::__cpuid(leaf);
+            for (j, v) in [r.eax, r.ebx, r.ecx, r.edx].iter().enumerate() {
+                b[i * 16 + j * 4..i * 16 + j * 4 + 4].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        if b.iter().any(|&c| c != 0) {
+            return b;
+        }
+    }
+    let name = format!("Tern Virtual CPU ({})", model.name);
+    let n = name.len().min(47);
+    b[..n].copy_from_slice(&name.as_bytes()[..n]);
+    b
+}
+
+fn fill_brand(entries: &mut [kvm_cpuid_entry2], brand: &[u8; 48]) {
+    let word = |i: usize| u32::from_le_bytes(brand[i * 4..i * 4 + 4].try_into().unwrap_or([0; 4]));
+    for e in entries.iter_mut() {
+        if (0x8000_0002..=0x8000_0004).contains(&e.function) {
+            let base = (e.function - 0x8000_0002) as usize * 4;
+            e.eax = word(base);
+            e.ebx = word(base + 1);
+            e.ecx = word(base + 2);
+            e.edx = word(base + 3);
+        }
+    }
 }
 
 fn bits_for(n: u32) -> u32 {
@@ -301,6 +338,25 @@ mod tests {
         assert_eq!(l1.ecx & (1 << 28), 0, "avx not in baseline");
         assert_eq!(get(&c, 7, 0).ebx, 0, "no leaf-7 features in v2");
         assert!(!c.as_slice().iter().any(|e| e.function == 0xd), "no xsave leaf");
+    }
+
+    #[test]
+    fn named_models_carry_a_brand_string() {
+        let mut e = fake_host().as_slice().to_vec();
+        e.push(entry(0x8000_0002, 0, 0, 0, 0, 0));
+        e.push(entry(0x8000_0003, 0, 0, 0, 0, 0));
+        e.push(entry(0x8000_0004, 0, 0, 0, 0, 0));
+        let host = CpuId::from_entries(&e).unwrap();
+        let m: CpuModel = "x86-64-v2".parse().unwrap();
+        let c = shape_cpuid(&host, &m, 0, Topology { vcpus: 1 }, false).unwrap();
+        let mut brand = Vec::new();
+        for f in 0x8000_0002..=0x8000_0004 {
+            let l = get(&c, f, 0);
+            for v in [l.eax, l.ebx, l.ecx, l.edx] {
+                brand.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        assert!(String::from_utf8_lossy(&brand).starts_with("Tern Virtual CPU (x86-64-v2)"));
     }
 
     #[test]

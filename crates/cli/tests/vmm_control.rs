@@ -187,3 +187,29 @@ fn vcpus_are_pinned_at_start_and_live() {
     let out = wait_with_timeout(child, T);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+#[test]
+fn power_button_makes_a_cooperative_guest_power_off() {
+    let dir = TempDir::new("pwrbtn");
+    let elf = guest_elf(&dir);
+    let sock = dir.join("api.sock");
+    let log = dir.join("serial.log");
+    let child = tern()
+        .args(["run", "--cmdline", "tern.test=spin", "--kernel"])
+        .arg(&elf)
+        .arg("--api-socket")
+        .arg(&sock)
+        .arg("--serial")
+        .arg(format!("file={}", log.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_path(&sock, T);
+    wait_for_text(&log, "TERN tick=1", Duration::from_secs(20));
+    let r = call(&sock, Request::PowerButton).unwrap();
+    assert_eq!(r["delivered"], true, "the guest enabled the power-button event: {r}");
+    let out = wait_with_timeout(child, Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(std::fs::read_to_string(&log).unwrap().contains("state=power-button"));
+}

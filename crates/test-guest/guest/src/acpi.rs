@@ -148,6 +148,13 @@ impl Acpi {
         self.fadt().is_some_and(|(fadt, len)| len >= 116 && read32u(fadt + 112) & (1 << 20) != 0)
     }
 
+    /// The PM1a event block port (PM1_STS, then PM1_EN), when the FADT has one.
+    pub fn pm1a_evt(&self) -> Option<u16> {
+        let (fadt, len) = self.fadt()?;
+        let port = if len >= 60 { read32u(fadt + 56) as u16 } else { 0 };
+        (port != 0).then_some(port)
+    }
+
     /// ACPI soft-off (S5). Returns only if the VM is still running.
     pub fn power_off(&self) {
         let Some((fadt, len)) = self.fadt() else { return };

@@ -25,6 +25,13 @@ pub fn inb(port: u16) -> u8 {
     value
 }
 
+pub fn inw(port: u16) -> u16 {
+    let value: u16;
+    // SAFETY: as outb.
+    unsafe { asm!("in ax, dx", in("dx") port, out("ax") value, options(nomem, nostack, preserves_flags)) }
+    value
+}
+
 pub fn rdtsc() -> u64 {
     // SAFETY: rdtsc only reads the time stamp counter (CR4.TSD is clear).
     unsafe { core::arch::x86_64::_rdtsc() }

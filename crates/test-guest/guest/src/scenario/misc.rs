@@ -2,7 +2,7 @@
 
 use crate::acpi::Acpi;
 use crate::boot::{BootInfo, param, parse_u64};
-use crate::cpu::{self, outb, rdtsc, tsc_hz};
+use crate::cpu::{self, inw, outb, outw, rdtsc, tsc_hz};
 use crate::tern;
 
 /// `exit:<code>`: write <code> (decimal or 0x-hex) to the test-exit port.
@@ -40,16 +40,41 @@ pub fn reboot(boot: &BootInfo) -> ! {
     crate::finish(false, format_args!(" reason=still-running"))
 }
 
-/// `spin`: `TERN tick=<n>` every `tern.tick_ms` (default 100) ms, forever.
+/// PM1_STS/PM1_EN power-button bit.
+const PWRBTN: u16 = 1 << 8;
+
+/// `spin`: `TERN tick=<n>` every `tern.tick_ms` (default 100) ms, until the
+/// ACPI power button is pressed: then `TERN test=spin state=power-button`
+/// and soft-off, like a cooperative OS. The button status is polled (no
+/// interrupts at CPL3) every 10 ms.
 pub fn spin(boot: &BootInfo) -> ! {
     let ms = param(boot.cmdline, "tern.tick_ms").and_then(parse_u64).unwrap_or(100).max(1);
     let hz = tsc_hz();
     tern!("test=spin tsc_hz={} tick_ms={}", hz, ms);
+    let acpi = Acpi::discover(boot.rsdp);
+    let pm1a = acpi.as_ref().and_then(|a| a.pm1a_evt());
+    if let Some(port) = pm1a {
+        outw(port + 2, PWRBTN);
+    }
     let period = hz / 1000 * ms;
+    let poll = (hz / 100).max(1);
     let mut next = rdtsc();
+    let mut next_poll = next;
     let mut tick = 0u64;
     loop {
         while rdtsc() < next {
+            if let (Some(port), Some(a)) = (pm1a, acpi.as_ref())
+                && rdtsc() >= next_poll
+            {
+                next_poll = rdtsc() + poll;
+                if inw(port) & PWRBTN != 0 {
+                    outw(port, PWRBTN);
+                    tern!("test=spin state=power-button");
+                    a.power_off();
+                    settle();
+                    crate::finish(false, format_args!(" reason=still-running-after-poweroff"));
+                }
+            }
             cpu::pause();
         }
         tern!("tick={}", tick);
