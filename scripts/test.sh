@@ -34,6 +34,6 @@ if [ -z "${TERN_SKIP_FUZZ:-}" ]; then
 fi
 
 if [ -z "${TERN_SKIP_LINUX:-}" ]; then
-  # One boot per transport, both at once (one vCPU each on two cores).
-  cargo test --release -p tern --test linux_e2e -- --test-threads=2
+  # One boot per transport plus the bzImage, all at once (one vCPU each).
+  cargo test --release -p tern --test linux_e2e -- --test-threads=3
 fi
