@@ -72,6 +72,12 @@ impl VmEvents {
         self.request(VmEvent::Exit(status));
     }
 
+    /// The user quit from the console (Ctrl-A x): exit with status 0, which
+    /// the debug-exit port can never produce (its statuses are odd).
+    pub fn request_quit(&self) {
+        self.request(VmEvent::Exit(0));
+    }
+
     /// The pending event, left in place (for vCPU loops that check after
     /// every exit whether to stop).
     pub fn pending(&self) -> Option<VmEvent> {

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{SerialDevice, SerialError, SerialOutput, SocketConsole};
+use crate::legacy::VmEvents;
 
 /// How long the reader waits before retrying when the guest isn't draining
 /// its input (pending buffer full).
@@ -149,9 +150,10 @@ pub fn spawn_serial_input(device: &Arc<Mutex<SerialDevice>>) -> Result<Option<Se
         SerialInput::None => return Ok(None),
         SerialInput::Stdin => {
             let raw = RawTerminalGuard::stdin().map_err(SerialError::Terminal)?;
+            let quit = device.lock().unwrap_or_else(|e| e.into_inner()).quit_events();
             let h = std::thread::Builder::new()
                 .name("serial-stdin".into())
-                .spawn(move || stdin_loop(&dev, &thread_stop))
+                .spawn(move || stdin_loop(&dev, &thread_stop, quit.as_deref()))
                 .map_err(SerialError::Spawn)?;
             (raw, h)
         }
@@ -198,9 +200,43 @@ fn feed(device: &Mutex<SerialDevice>, mut bytes: &[u8], stop: &EventFd) -> bool 
     true
 }
 
-fn stdin_loop(device: &Mutex<SerialDevice>, stop: &EventFd) {
+/// Ctrl-A, the console escape (as in QEMU's `-nographic`).
+const CTRL_A: u8 = 0x01;
+
+/// Console escapes on stdin: Ctrl-A x quits, Ctrl-A Ctrl-A sends one
+/// Ctrl-A, Ctrl-A followed by anything else passes both bytes through.
+#[derive(Debug, Default)]
+pub(super) struct EscapeFilter {
+    armed: bool,
+}
+
+impl EscapeFilter {
+    /// Append the bytes meant for the guest to `out`; true when the user
+    /// asked to quit (the rest of `input` is dropped).
+    pub(super) fn filter(&mut self, input: &[u8], out: &mut Vec<u8>) -> bool {
+        for &b in input {
+            if self.armed {
+                self.armed = false;
+                match b {
+                    b'x' | b'X' => return true,
+                    CTRL_A => out.push(CTRL_A),
+                    _ => out.extend([CTRL_A, b]),
+                }
+            } else if b == CTRL_A {
+                self.armed = true;
+            } else {
+                out.push(b);
+            }
+        }
+        false
+    }
+}
+
+fn stdin_loop(device: &Mutex<SerialDevice>, stop: &EventFd, quit: Option<&VmEvents>) {
     let stdin = libc::STDIN_FILENO;
     let mut buf = [0u8; 1024];
+    let mut escapes = EscapeFilter::default();
+    let mut for_guest = Vec::with_capacity(buf.len() + 1);
     loop {
         let Some(r) = poll_in(&[stdin, stop.as_raw_fd()], -1) else { return };
         if r[1] != 0 || r[0] & libc::POLLNVAL != 0 {
@@ -223,7 +259,21 @@ fn stdin_loop(device: &Mutex<SerialDevice>, stop: &EventFd) {
             // End of input (stdin is /dev/null or a closed pipe).
             return;
         }
-        if !feed(device, &buf[..n as usize], stop) {
+        let input = &buf[..n as usize];
+        let Some(events) = quit else {
+            if !feed(device, input, stop) {
+                return;
+            }
+            continue;
+        };
+        for_guest.clear();
+        let quitting = escapes.filter(input, &mut for_guest);
+        if !feed(device, &for_guest, stop) {
+            return;
+        }
+        if quitting {
+            tracing::info!("serial console: Ctrl-A x, quitting");
+            events.request_quit();
             return;
         }
     }

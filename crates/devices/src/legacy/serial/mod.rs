@@ -28,6 +28,7 @@ pub use output::{SOCKET_BACKLOG_MAX, SerialOutput, SocketConsole};
 
 use crate::BusDevice;
 use crate::interrupt::SharedLine;
+use crate::legacy::VmEvents;
 
 /// Eight registers from the base port.
 pub const SERIAL_PORT_LEN: u64 = 8;
@@ -147,6 +148,7 @@ pub struct SerialDevice {
     paused: bool,
     counters: Arc<SerialCounters>,
     output_error_logged: bool,
+    quit: Option<Arc<VmEvents>>,
 }
 
 impl SerialDevice {
@@ -159,6 +161,7 @@ impl SerialDevice {
             paused: false,
             counters,
             output_error_logged: false,
+            quit: None,
         }
     }
 
@@ -170,6 +173,18 @@ impl SerialDevice {
     /// Where this device's input comes from (see [`spawn_serial_input`]).
     pub fn input(&self) -> SerialInput {
         SerialInput::of(self.uart.writer())
+    }
+
+    /// Let the stdin console quit the VM: Ctrl-A x posts
+    /// [`VmEvents::request_quit`] (exit status 0), Ctrl-A Ctrl-A sends a
+    /// Ctrl-A. Takes effect for input threads spawned afterwards; without it
+    /// every byte goes to the guest.
+    pub fn enable_console_escape(&mut self, events: Arc<VmEvents>) {
+        self.quit = Some(events);
+    }
+
+    pub(super) fn quit_events(&self) -> Option<Arc<VmEvents>> {
+        self.quit.clone()
     }
 
     pub fn counters(&self) -> Arc<SerialCounters> {

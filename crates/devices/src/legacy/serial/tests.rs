@@ -319,15 +319,20 @@ fn raw_terminal_guard_restores_settings() {
     assert!(RawTerminalGuard::new(file.as_raw_fd()).unwrap().is_none());
 }
 
-/// Swaps a pipe in as this process's stdin for the duration of a test.
+/// Swaps a pipe in as this process's stdin for the duration of a test;
+/// tests doing so take turns.
 struct StdinPipe {
     saved: i32,
     writer: std::fs::File,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+static STDIN_TURN: Mutex<()> = Mutex::new(());
 
 impl StdinPipe {
     fn new() -> Self {
         use std::os::fd::FromRawFd;
+        let turn = STDIN_TURN.lock().unwrap_or_else(|e| e.into_inner());
         let mut fds = [0i32; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2 returns.
         assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
@@ -339,7 +344,7 @@ impl StdinPipe {
         // SAFETY: fds[0] is now duplicated onto 0 and owned by nobody else.
         unsafe { libc::close(fds[0]) };
         // SAFETY: fds[1] is the pipe's write end, owned from here on by the File.
-        Self { saved, writer: unsafe { std::fs::File::from_raw_fd(fds[1]) } }
+        Self { saved, writer: unsafe { std::fs::File::from_raw_fd(fds[1]) }, _turn: turn }
     }
 }
 
@@ -371,5 +376,33 @@ fn stdin_thread_feeds_the_guest_and_stops_promptly() {
     let start = Instant::now();
     thread.stop();
     assert!(start.elapsed() < Duration::from_secs(2));
+    drop(stdin);
+}
+
+#[test]
+fn escape_filter_handles_ctrl_a_sequences() {
+    let mut f = input::EscapeFilter::default();
+    let mut out = Vec::new();
+    assert!(!f.filter(b"ab\x01\x01c\x01d", &mut out));
+    assert_eq!(out, b"ab\x01c\x01d");
+    // An escape split across reads still works.
+    out.clear();
+    assert!(!f.filter(b"z\x01", &mut out));
+    assert!(f.filter(b"xignored", &mut out));
+    assert_eq!(out, b"z");
+}
+
+#[test]
+fn ctrl_a_x_on_stdin_quits_after_delivering_earlier_bytes() {
+    use crate::legacy::{VmEvent, VmEvents};
+    let mut stdin = StdinPipe::new();
+    let events = Arc::new(VmEvents::new().unwrap());
+    let dev = Arc::new(Mutex::new(SerialDevice::new(SerialOutput::Stdout, line())));
+    dev.lock().unwrap().enable_console_escape(events.clone());
+    let thread = spawn_serial_input(&dev).unwrap().unwrap();
+    stdin.writer.write_all(b"hi\x01xmore").unwrap();
+    assert_eq!(events.wait(Some(Duration::from_secs(5))).unwrap(), Some(VmEvent::Exit(0)));
+    assert_eq!(guest_drain(&mut dev.lock().unwrap()), b"hi");
+    thread.stop();
     drop(stdin);
 }
