@@ -319,19 +319,26 @@ impl Daemon {
 
     /// Pull the plug: Stop request, then SIGKILL if the VMM does not go.
     pub fn destroy_now(&self, name: &str) -> Result<Value, ApiError> {
-        let (vmm, sock) = {
+        let (vmm, shim, sock) = {
             let mut vms = self.vm_lock();
             let e = vms.get_mut(name).ok_or_else(|| ApiError::not_found(format!("VM `{name}` not found")))?;
             if e.run.is_none() {
                 return Err(ApiError::conflict(format!("VM `{name}` is not running (state: {})", e.state.as_str())));
             }
             e.destroy_requested = true;
-            (e.run.as_ref().and_then(|r| r.vmm), self.vm_dir(name).join(VmFiles::CONTROL_SOCK))
+            let run = e.run.as_ref();
+            (run.and_then(|r| r.vmm), run.and_then(|r| r.shim), self.vm_dir(name).join(VmFiles::CONTROL_SOCK))
         };
         let _ = api::call(&sock, &api::Request::Stop, Duration::from_secs(2));
         if !self.wait_state(name, Duration::from_secs(3)) {
             if let Some(p) = vmm {
                 p.signal(libc::SIGKILL);
+            }
+            // Still starting (no VMM pid yet): the shim leads its own session,
+            // so its process group is exactly this VM's processes.
+            if let Some(s) = shim.filter(|s| s.alive() && vmm.is_none()) {
+                // SAFETY: kill() has no memory effects; the group is the shim's session.
+                unsafe { libc::kill(-s.pid, libc::SIGKILL) };
             }
             if !self.wait_state(name, Duration::from_secs(5)) {
                 return Err(ApiError::internal(format!("VM `{name}` did not stop after SIGKILL")));
