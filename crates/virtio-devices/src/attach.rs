@@ -32,6 +32,13 @@ pub enum AttachError {
     Pci { id: String, reason: String },
 }
 
+/// GSIs the virtio-pci functions' INTA# pins are wired to (shared, edge, the
+/// ISA range so a guest without ACPI _PRT routing takes them from the
+/// Interrupt Line register as ISA interrupts). Used only by guests that do
+/// not enable MSI-X. They are the first virtio-mmio GSIs: do not mix the two
+/// transports in one VM.
+pub const PCI_INTX_GSIS: &[u32] = &[5, 6, 7, 10, 11];
+
 /// Wrap a device so the transport and the VMM can share it.
 pub fn shared<D: VirtioDevice + 'static>(device: D) -> SharedDevice {
     Arc::new(Mutex::new(device))
@@ -202,6 +209,10 @@ pub fn attach_pci(
         .unwrap_or_else(|e| e.into_inner())
         .add_device(dev.clone())
         .map_err(|e| AttachError::Pci { id: id.clone(), reason: e.to_string() })?;
+    // INTx for guests without MSI-X: device n's INTA# on PCI_INTX_GSIS[n % len].
+    let gsi = PCI_INTX_GSIS[slot as usize % PCI_INTX_GSIS.len()];
+    let line = ctx.interrupts.legacy_line(gsi).map_err(|source| AttachError::Interrupt { id: id.clone(), source })?;
+    dev.lock().unwrap_or_else(|e| e.into_inner()).set_intx(line);
     Ok(AttachedDevice {
         id,
         device,

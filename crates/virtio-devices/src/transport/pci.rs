@@ -15,8 +15,9 @@
 //! moves them when the guest reprograms the BAR.
 
 use std::sync::atomic::{AtomicU8, AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use devices::interrupt::SharedLine;
 use devices::{GuestMemory, IoEventRegistry, MsiInterrupts};
 use pci::config::{PciConfig, PciIdentity};
 use pci::msix::{Msix, MsixState};
@@ -52,6 +53,9 @@ pub struct PciInterrupt {
     vectors: Arc<Vectors>,
     isr: Arc<AtomicU8>,
     status: Arc<AtomicU8>,
+    /// INTx line, for guests that do not enable MSI-X (kernels without
+    /// CONFIG_PCI_MSI): pulsed after the ISR bit is set.
+    intx: OnceLock<SharedLine>,
 }
 
 impl VirtioInterrupt for PciInterrupt {
@@ -66,10 +70,15 @@ impl VirtioInterrupt for PciInterrupt {
                 self.vectors.queues.get(i as usize).map_or(NO_VECTOR, |v| v.load(Ordering::SeqCst))
             }
         };
+        let mut msix = self.msix.lock().unwrap_or_else(|e| e.into_inner());
+        if !msix.state.enabled {
+            drop(msix);
+            return self.intx.get().map_or(Ok(()), |l| l.trigger());
+        }
         if v == NO_VECTOR {
             return Ok(());
         }
-        self.msix.lock().unwrap_or_else(|e| e.into_inner()).trigger(v)
+        msix.trigger(v)
     }
 
     fn set_needs_reset(&self) {
@@ -95,7 +104,7 @@ pub struct VirtioPciDevice {
     msix_cap: usize,
     isr: Arc<AtomicU8>,
     vectors: Arc<Vectors>,
-    interrupt: Arc<dyn VirtioInterrupt>,
+    interrupt: Arc<PciInterrupt>,
     ioevents: Arc<dyn IoEventRegistry>,
     bar0: Option<u64>,
 }
@@ -167,12 +176,22 @@ impl VirtioPciDevice {
             vectors: vectors.clone(),
             isr: isr.clone(),
             status: core.status.clone(),
+            intx: OnceLock::new(),
         });
         Ok(Self { core, config, msix, msix_cap, isr, vectors, interrupt, ioevents, bar0: None })
     }
 
     pub fn device(&self) -> &SharedDevice {
         &self.core.device
+    }
+
+    /// Wire INTA# to `line` and announce its GSI in the Interrupt Line
+    /// register (guests without MSI-X, or without ACPI _PRT routing, use it).
+    pub fn set_intx(&mut self, line: SharedLine) {
+        let gsi = line.gsi();
+        self.config.set_byte(0x3c, gsi.min(0xff) as u8);
+        self.config.set_byte(0x3d, 1);
+        let _ = self.interrupt.intx.set(line);
     }
 
     pub fn status(&self) -> u8 {
@@ -208,7 +227,8 @@ impl VirtioPciDevice {
         }
         self.vectors.config.store(s.core.config_vector, Ordering::SeqCst);
         self.isr.store(s.isr, Ordering::SeqCst);
-        self.core.restore(&s.core, &self.interrupt)
+        let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();
+        self.core.restore(&s.core, &interrupt)
     }
 
     fn max_vector(&self) -> u16 {
@@ -258,7 +278,7 @@ impl VirtioPciDevice {
                 self.vectors.config.store(v, Ordering::SeqCst);
             }
             (0x14, 1) => {
-                let interrupt = self.interrupt.clone();
+                let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();
                 c.write_status(data[0], &interrupt);
                 if data[0] == 0 {
                     self.isr.store(0, Ordering::SeqCst);
@@ -342,8 +362,11 @@ impl PciDevice for VirtioPciDevice {
                 data[..n].copy_from_slice(&img[o as usize..o as usize + n]);
             }
             ISR_OFF => {
-                // Reading the ISR acknowledges it.
+                // Reading the ISR acknowledges it (and lowers INTx).
                 data[0] = self.isr.swap(0, Ordering::SeqCst);
+                if let Some(l) = self.interrupt.intx.get() {
+                    let _ = l.deassert();
+                }
             }
             o if (DEVICE_OFF..DEVICE_OFF + DEVICE_LEN).contains(&o) => {
                 self.core.dev().read_config(o - DEVICE_OFF, data);

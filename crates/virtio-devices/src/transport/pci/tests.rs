@@ -46,6 +46,7 @@ struct Rig {
     msi: Arc<Msi>,
     io: Arc<IoEvents>,
     mem: GuestMemory,
+    intx: Arc<devices::interrupt::CountingLine>,
 }
 
 const WIN: u64 = 0xc000_0000;
@@ -57,9 +58,11 @@ impl Rig {
         let msi = Arc::new(Msi::default());
         let io = Arc::new(IoEvents::default());
         let rng = crate::attach::shared(Rng::new("rng0", Path::new("/dev/urandom")).unwrap());
-        let dev = VirtioPciDevice::new(rng, mem.clone(), msi.clone(), io.clone()).unwrap();
+        let mut dev = VirtioPciDevice::new(rng, mem.clone(), msi.clone(), io.clone()).unwrap();
+        let intx = Arc::new(devices::interrupt::CountingLine { gsi: 10, ..Default::default() });
+        dev.set_intx(intx.clone());
         assert_eq!(bus.lock().unwrap().add_device(Arc::new(Mutex::new(dev))).unwrap(), 1);
-        Self { ecam: PciConfigEcam::new(bus.clone()), win: PciBarWindow::new(bus, WIN), msi, io, mem }
+        Self { ecam: PciConfigEcam::new(bus.clone()), win: PciBarWindow::new(bus, WIN), msi, io, mem, intx }
     }
     fn cfg32(&mut self, off: u64) -> u32 {
         let mut b = [0u8; 4];
@@ -156,6 +159,7 @@ fn linux_style_bring_up_delivers_msix_and_follows_bar_moves() {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     assert_eq!(*r.msi.sent.lock().unwrap(), vec![1], "queue 0 interrupt on vector 1");
+    assert_eq!(r.intx.count.load(std::sync::atomic::Ordering::SeqCst), 0, "no INTx while MSI-X is on");
     assert_eq!(r.r8(0x1000), 1, "ISR says used ring");
     assert_eq!(r.r8(0x1000), 0, "ISR read clears it");
     // The guest moves BAR0: doorbells follow.
@@ -180,4 +184,37 @@ fn odd_accesses_do_not_panic() {
     }
     // Status 0xff with garbage queue config must not activate a broken queue.
     r.w(0x14, &[0xff]);
+}
+
+/// A guest without MSI-X support (Linux without CONFIG_PCI_MSI) gets INTx:
+/// pin INTA, the GSI in the Interrupt Line register, ISR says why.
+#[test]
+fn intx_when_msix_is_off() {
+    let mut r = Rig::new();
+    assert_eq!(r.cfg32(0x3c) & 0xffff, 0x010a, "INTA#, line 10");
+    r.cfg_w(4, &2u16.to_le_bytes());
+    let (_, common) = find_cap(&mut r, 1).unwrap();
+    let (_, notify) = find_cap(&mut r, 2).unwrap();
+    let c = common as u64;
+    r.w(c + 0x14, &[3]);
+    r.w(c + 0x08, &1u32.to_le_bytes());
+    r.w(c + 0x0c, &((COMMON_FEATURES >> 32) as u32).to_le_bytes());
+    r.w(c + 0x14, &[11]);
+    r.w(c + 0x18, &16u16.to_le_bytes());
+    let mut q = TestQueue::new(0x10000, 16);
+    for (off, a) in [(0x20, q.desc), (0x28, q.avail), (0x30, q.used)] {
+        r.w(c + off, &(a as u32).to_le_bytes());
+    }
+    r.w(c + 0x1c, &1u16.to_le_bytes());
+    r.w(c + 0x14, &[15]);
+    q.add(&r.mem.memory(), &[(0x100000, 16, true)]);
+    r.w(notify as u64, &0u16.to_le_bytes());
+    assert_eq!(q.wait_used(&r.mem), Some((0, 16)));
+    let t0 = std::time::Instant::now();
+    while r.intx.count.load(std::sync::atomic::Ordering::SeqCst) == 0 && t0.elapsed().as_secs() < 5 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(r.intx.count.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(r.r8(0x1000), 1);
+    assert!(r.msi.sent.lock().unwrap().is_empty());
 }
