@@ -367,7 +367,7 @@ fn toml_error(text: &str, e: &toml::de::Error) -> DefinitionError {
     let msg = e.message().trim().replace('\n', " ");
     match e.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let line = text.as_bytes()[..span.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1;
             DefinitionError::Parse(format!("line {line}: {msg}"))
         }
         None => DefinitionError::Parse(msg),

@@ -99,7 +99,7 @@ pub fn handle(d: &Arc<Daemon>, req: &Request) -> Reply {
         ("GET", ["1.0", "openapi.json"]) => ok(crate::openapi::document()),
         ("GET", ["1.0", "operations"]) => ok(serde_json::to_value(d.ops.list()).unwrap_or_default()),
         ("GET", ["1.0", "operations", id]) => {
-            let wait = req.query.get("wait").and_then(|w| w.parse::<f64>().ok());
+            let wait = req.query.get("wait").and_then(|w| w.parse::<f64>().ok()).filter(|w| w.is_finite());
             let op = match wait {
                 Some(s) => d.ops.wait(id, Duration::from_secs_f64(s.clamp(0.0, 3600.0))),
                 None => d.ops.get(id),

@@ -333,7 +333,10 @@ impl Daemon {
         let d = self.clone();
         let _ = std::thread::Builder::new().name("supervisor".into()).spawn(move || {
             loop {
-                d.supervise();
+                // A bug in one pass must not end supervision of every VM.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.supervise())).is_err() {
+                    tracing::error!("supervisor pass panicked; continuing");
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
