@@ -238,6 +238,32 @@ mod tests {
     }
 
     #[test]
+    fn hostile_bytes_never_panic() {
+        let seeds: [&[u8]; 4] = [
+            b"GET /1.0/vms?wait=%zz%&a=%e2%82 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
+            b"\xff\xfe /%\r\n:\r\n\r\n",
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for seed in seeds {
+            for _ in 0..2000 {
+                let mut buf = seed.to_vec();
+                for _ in 0..4 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let i = (x as usize) % buf.len();
+                    buf[i] = (x >> 32) as u8;
+                }
+                let _ = read_request(&mut &buf[..]);
+                let _ = read_response(&mut &buf[..]);
+                let _ = percent_decode(&String::from_utf8_lossy(&buf));
+            }
+        }
+    }
+
+    #[test]
     fn rejects_garbage_and_roundtrips_chunks() {
         assert!(read_request(&mut &b"hello\r\n\r\n"[..]).is_err());
         let mut out = Vec::new();
