@@ -21,7 +21,7 @@ if [[ -z "$TERN" ]]; then
     cargo build --release -p tern >&2
     TERN="$TARGET/release/tern"
 fi
-GUEST=${GUEST:-$(ls -t "$TARGET"/release/build/test-guest-*/out/tern-test-guest.elf 2>/dev/null | head -1)}
+GUEST=${GUEST:-$(ls -t "$TARGET"/release/build/test-guest-*/out/tern-test-guest.elf 2>/dev/null | head -1 || true)}
 [[ -f "$GUEST" ]] || { echo "bench-manager: test guest ELF not found; set GUEST=" >&2; exit 1; }
 N=${N:-100}
 REPS=${REPS:-10}
@@ -30,11 +30,12 @@ SOCK="$DIR/tern.sock"
 
 cleanup() {
     [[ -n "${DPID:-}" ]] && kill -9 "$DPID" 2>/dev/null || true
-    # Kill every VMM the daemon started (their pids are in runtime.json).
-    for rt in "$DIR"/state/vms/*/runtime.json; do
-        [[ -f "$rt" ]] || continue
-        python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["vmm"]["pid"], d["shim"]["pid"])' "$rt" |
-            xargs -r kill -9 2>/dev/null || true
+    # Kill every VM the daemon started: each shim leads its own session, so
+    # its process group holds the shim and its VMM.
+    for f in "$DIR"/state/vms/*/shim.json; do
+        [[ -f "$f" ]] || continue
+        pid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$f")
+        kill -9 -- "-$pid" 2>/dev/null || true
     done
     rm -rf "$DIR"
 }
@@ -141,7 +142,7 @@ print(f"list with {running} VMs running: REST median {ms(statistics.median(lat))
 # 4. daemon RSS
 rss = int([l for l in open(f"/proc/{dpid}/status") if l.startswith("VmRSS")][0].split()[1])
 threads_n = len(os.listdir(f"/proc/{dpid}/task"))
-vmm_rss = [v["rss_kib"] or 0 for v in call("GET", "/1.0/vms") if v["state"] == "running"]
+vmm_rss = [v["rss_kib"] or 0 for v in call("GET", "/1.0/vms?details=1") if v["state"] == "running"]
 print(f"daemon RSS with {running} VMs: {rss / 1024:.1f} MiB ({threads_n} threads); "
       f"VMM RSS median {statistics.median(vmm_rss) / 1024:.1f} MiB per VM")
 

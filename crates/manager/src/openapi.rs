@@ -15,7 +15,7 @@ const ROUTES: &[(&str, &str, &str, Option<&str>, u16)] = &[
     ),
     ("get", "/1.0/operations", "List recent operations", None, 200),
     ("get", "/1.0/operations/{id}", "Get an operation; `?wait=SECONDS` blocks until it finishes", None, 200),
-    ("get", "/1.0/vms", "List VMs (`?active=1` for running ones only)", None, 200),
+    ("get", "/1.0/vms", "List VMs (`?active=1` for running ones only, `?details=1` adds CPU time and RSS)", None, 200),
     ("post", "/1.0/vms", "Define a VM from TOML (updates one of the same name and UUID)", Some("Definition"), 201),
     ("get", "/1.0/vms/{vm}", "VM state and definition (`vm` is a name or UUID)", None, 200),
     ("put", "/1.0/vms/{vm}", "Replace the definition (edit); invalid definitions are refused", Some("Definition"), 200),

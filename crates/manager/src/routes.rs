@@ -28,8 +28,11 @@ fn ok(v: Value) -> Reply {
     Ok((200, v))
 }
 
-pub fn vm_json(d: &Daemon, e: &VmEntry) -> Value {
-    let vmm = e.run.as_ref().and_then(|r| r.vmm);
+/// A VM as the API shows it; `detail` adds host CPU time and RSS (read
+/// from /proc, which `list` skips to stay fast with many VMs).
+pub fn vm_json(d: &Daemon, e: &VmEntry, detail: bool) -> Value {
+    let vmm = e.run.as_ref().and_then(|r| r.vmm).filter(|_| detail);
+    let pid = e.run.as_ref().and_then(|r| r.vmm).map(|p| p.pid);
     json!({
         "name": e.def.name,
         "uuid": e.def.uuid,
@@ -38,7 +41,7 @@ pub fn vm_json(d: &Daemon, e: &VmEntry) -> Value {
         "autostart": e.def.autostart,
         "vcpus": e.def.vcpus,
         "memory_mib": e.def.memory.0,
-        "pid": vmm.map(|p| p.pid),
+        "pid": pid,
         "started_unix_ms": e.run.as_ref().map(|r| r.started_unix_ms),
         "cpu_time_ns": vmm.and_then(|p| process::cpu_time_ns(p.pid)),
         "rss_kib": vmm.and_then(|p| process::rss_kib(p.pid)),
@@ -109,8 +112,10 @@ pub fn handle(d: &Arc<Daemon>, req: &Request) -> Reply {
         }
         ("GET", ["1.0", "vms"]) => {
             let all = req.query_flag("all") || !req.query.contains_key("active");
+            let details = req.query_flag("details");
             let vms = d.vm_lock();
-            let list: Vec<Value> = vms.values().filter(|e| all || e.state.active()).map(|e| vm_json(d, e)).collect();
+            let list: Vec<Value> =
+                vms.values().filter(|e| all || e.state.active()).map(|e| vm_json(d, e, details)).collect();
             ok(Value::Array(list))
         }
         ("POST", ["1.0", "vms"]) => {
@@ -134,7 +139,7 @@ fn vm_route(d: &Arc<Daemon>, req: &Request, name: &str, rest: &[&str]) -> Reply 
         ("GET", []) => {
             let vms = d.vm_lock();
             let e = vms.get(name).ok_or_else(|| ApiError::not_found(format!("VM `{name}` not found")))?;
-            let mut v = vm_json(d, e);
+            let mut v = vm_json(d, e, true);
             v["definition"] = serde_json::to_value(&e.def).unwrap_or_default();
             v["toml"] = json!(e.def.to_toml());
             ok(v)
@@ -217,7 +222,7 @@ fn stats(d: &Arc<Daemon>, name: &str) -> Reply {
     let (mut v, running) = {
         let vms = d.vm_lock();
         let e = vms.get(name).ok_or_else(|| ApiError::not_found(format!("VM `{name}` not found")))?;
-        (vm_json(d, e), e.run.is_some())
+        (vm_json(d, e, true), e.run.is_some())
     };
     if running {
         let counters = d.vm_call(name, &api::Request::Counters)?.unwrap_or(Value::Null);
