@@ -6,10 +6,10 @@
 #   4. daemon RSS with N VMs running
 #   scripts/bench-manager.sh            (builds tern in release)
 #   TERN=/path/to/tern GUEST=/path/to/tern-test-guest.elf scripts/bench-manager.sh
-# Figures on the 2-core PVM dev host (release build, load average ~16 from other builds):
-#   start request -> first serial byte via daemon: median 42 ms (direct `tern run`: 24 ms)
-#   100 VMs started concurrently: 1.8 s; `list` with 100 running: 7 ms REST, 28 ms CLI
-#   daemon RSS with 100 VMs: 13.6 MiB
+# Figures on the 2-core PVM dev host (release build, load average ~15 from other builds):
+#   start request -> first serial byte via daemon: median 37 ms (direct `tern run`: 24 ms)
+#   100 VMs started concurrently: 1.4-1.8 s; `list` with 100 running: 1.2 ms REST, 6.5 ms CLI
+#   daemon RSS with 100 VMs: 13.5 MiB
 # Env: N (VM count, default 100), REPS (first-byte repetitions, default 10),
 #      BENCH_DIR (scratch dir, default /tmp/tern-bench-mgr).
 set -euo pipefail
