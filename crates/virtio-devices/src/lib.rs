@@ -53,6 +53,11 @@
 //!   is called whenever the guest programs/masks a table entry. Doorbells:
 //!   ioeventfd without datamatch at `BAR0 + 0x3000 + 4 * queue`, registered
 //!   when the guest enables memory decoding and moved when it moves BAR0.
+//!   Guests that never enable MSI-X (the shared test kernel has no
+//!   CONFIG_PCI_MSI) get INTx instead: INTA# of device n pulses
+//!   `legacy_line(PCI_INTX_GSIS[n % 5])` (GSIs 5, 6, 7, 10, 11, shared,
+//!   announced in the Interrupt Line register; with no `_PRT` in the DSDT
+//!   Linux uses that value), and reading the ISR lowers it.
 //! * Either way a trapped doorbell write does the same, just slower.
 //!
 //! # Modules
@@ -62,7 +67,8 @@
 //! * [`worker`]: the per-device worker thread (epoll on queue EventFds).
 //! * [`queue`]: hostile-guest-safe descriptor chain parsing and copying.
 //! * [`transport`]: virtio-mmio and virtio-pci.
-//! * Devices: [`block`], [`rng`], [`console`] (and net, vsock, balloon).
+//! * Devices: [`block`], [`rng`], [`console`] (`Console::new(id, &SerialConfig)`,
+//!   the same backends as `--serial`), and net, vsock, balloon.
 
 pub mod attach;
 pub mod balloon;
