@@ -50,6 +50,12 @@ pub trait InterruptManager: Send + Sync {
     /// An edge-triggered line on IOAPIC pin `gsi` (delivered through an irqfd
     /// so device threads never go through a vCPU thread).
     fn legacy_line(&self, gsi: u32) -> io::Result<SharedLine>;
+    /// A level-triggered line on `gsi` (PCI INTx): `trigger` asserts it and
+    /// it stays asserted, surviving guest EOIs, until `deassert`. Defaults to
+    /// the edge line for managers that cannot do better.
+    fn level_line(&self, gsi: u32) -> io::Result<SharedLine> {
+        self.legacy_line(gsi)
+    }
     /// A group of `count` MSI vectors (for MSI-X capable PCI devices).
     fn msi_group(&self, count: u16) -> io::Result<Arc<dyn MsiInterrupts>>;
 }

@@ -128,6 +128,12 @@ impl Vm {
         self.fd.register_irqfd(fd, gsi).map_err(|source| VmError::Irqfd { gsi, source })
     }
 
+    /// A level-triggered irqfd: KVM keeps `gsi` asserted from a write to `fd`
+    /// until the guest's EOI, then lowers it and signals `resample`.
+    pub fn register_irqfd_with_resample(&self, fd: &EventFd, resample: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.fd.register_irqfd_with_resample(fd, resample, gsi).map_err(|source| VmError::Irqfd { gsi, source })
+    }
+
     pub fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), VmError> {
         self.fd.unregister_irqfd(fd, gsi).map_err(|source| VmError::Irqfd { gsi, source })
     }

@@ -211,7 +211,8 @@ pub fn attach_pci(
         .map_err(|e| AttachError::Pci { id: id.clone(), reason: e.to_string() })?;
     // INTx for guests without MSI-X: device n's INTA# on PCI_INTX_GSIS[n % len].
     let gsi = PCI_INTX_GSIS[slot as usize % PCI_INTX_GSIS.len()];
-    let line = ctx.interrupts.legacy_line(gsi).map_err(|source| AttachError::Interrupt { id: id.clone(), source })?;
+    // PCI INTx is level-triggered: Linux programs the pin level/active-low.
+    let line = ctx.interrupts.level_line(gsi).map_err(|source| AttachError::Interrupt { id: id.clone(), source })?;
     dev.lock().unwrap_or_else(|e| e.into_inner()).set_intx(line);
     Ok(AttachedDevice {
         id,

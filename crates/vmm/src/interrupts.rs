@@ -38,6 +38,39 @@ impl InterruptLine for IrqfdLine {
     }
 }
 
+/// A level-triggered IOAPIC pin: an irqfd with a resample fd. KVM lowers
+/// the pin at each EOI and tells us through the resample fd; while the device
+/// still asserts the line (e.g. the virtio ISR is unread), we raise it again.
+struct LevelLine {
+    fd: EventFd,
+    gsi: u32,
+    asserted: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl InterruptLine for LevelLine {
+    fn trigger(&self) -> io::Result<()> {
+        self.asserted.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.fd.write(1)
+    }
+    fn deassert(&self) -> io::Result<()> {
+        self.asserted.store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    fn gsi(&self) -> u32 {
+        self.gsi
+    }
+}
+
+/// Re-raise a level line after each EOI while it is still asserted.
+fn resample_loop(resample: EventFd, fd: EventFd, asserted: Arc<std::sync::atomic::AtomicBool>) {
+    // Blocking reads: each returns after KVM signalled an EOI on the pin.
+    while resample.read().is_ok() {
+        if asserted.load(std::sync::atomic::Ordering::SeqCst) && fd.write(1).is_err() {
+            return;
+        }
+    }
+}
+
 struct MsiVector {
     fd: EventFd,
     gsi: Option<u32>,
@@ -82,6 +115,16 @@ impl InterruptManager for KvmInterrupts {
         let fd = EventFd::new(EFD_NONBLOCK)?;
         self.vm.register_irqfd(&fd, gsi).map_err(io_err)?;
         Ok(Arc::new(IrqfdLine { fd, gsi }))
+    }
+
+    fn level_line(&self, gsi: u32) -> io::Result<SharedLine> {
+        let fd = EventFd::new(EFD_NONBLOCK)?;
+        let resample = EventFd::new(0)?;
+        self.vm.register_irqfd_with_resample(&fd, &resample, gsi).map_err(io_err)?;
+        let asserted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (fd2, a2) = (fd.try_clone()?, asserted.clone());
+        std::thread::Builder::new().name(format!("intx-gsi{gsi}")).spawn(move || resample_loop(resample, fd2, a2))?;
+        Ok(Arc::new(LevelLine { fd, gsi, asserted }))
     }
 
     fn msi_group(&self, count: u16) -> io::Result<Arc<dyn MsiInterrupts>> {

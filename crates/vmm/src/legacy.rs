@@ -39,7 +39,10 @@ pub fn add_legacy_devices(
     let line = |what, gsi| irqs.legacy_line(gsi).map_err(|source| LegacyError::Irq { what, source });
     let bus_err = |what| move |source| LegacyError::Bus { what, source };
 
-    let serial_dev = Arc::new(Mutex::new(SerialDevice::from_config(serial, line("COM1", COM1_GSI)?)?));
+    let mut com1 = SerialDevice::from_config(serial, line("COM1", COM1_GSI)?)?;
+    // Ctrl-A x on a raw terminal ends the VM (Ctrl-C goes to the guest).
+    com1.enable_console_escape(events.clone());
+    let serial_dev = Arc::new(Mutex::new(com1));
     let serial_counters = serial_dev.lock().unwrap_or_else(|e| e.into_inner()).counters();
     pio.insert(serial_dev.clone(), u64::from(COM1_PORT), 8).map_err(bus_err("COM1"))?;
 
@@ -51,7 +54,9 @@ pub fn add_legacy_devices(
     let cmos = Arc::new(Mutex::new(Cmos::new(below, above)));
     pio.insert(cmos.clone(), u64::from(CMOS_PORT), 2).map_err(bus_err("CMOS RTC"))?;
 
-    let acpi_pm = Arc::new(Mutex::new(AcpiPm::new(line("ACPI SCI", SCI_GSI)?, events.clone())));
+    // The SCI is level-triggered (MADT override: level, active-high).
+    let sci = irqs.level_line(SCI_GSI).map_err(|source| LegacyError::Irq { what: "ACPI SCI", source })?;
+    let acpi_pm = Arc::new(Mutex::new(AcpiPm::new(sci, events.clone())));
     pio.insert(acpi_pm.clone(), u64::from(PM1A_EVT_PORT), ACPI_PM_PORT_LEN).map_err(bus_err("ACPI PM"))?;
 
     let debug_exit = Arc::new(Mutex::new(DebugExit::new(events.clone())));
