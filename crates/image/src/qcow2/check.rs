@@ -3,6 +3,7 @@
 //! Leaks (stored > real) are harmless; corruptions (stored < real, bad
 //! pointers) can lose data. Repair fixes refcounts and flags.
 
+use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::FileExt;
 
 use super::Qcow2;
@@ -41,10 +42,16 @@ struct Walker<'a> {
     cs: u64,
     cb: u32,
     version: u32,
+    /// L2 tables to walk: offset -> (references, references from the active L1, an L1 index).
+    tables: BTreeMap<u64, (u64, u64, usize)>,
 }
 
 impl Walker<'_> {
     fn inc(&mut self, start: u64, len: u64, what: &str) {
+        self.inc_by(start, len, what, 1)
+    }
+
+    fn inc_by(&mut self, start: u64, len: u64, what: &str, k: u64) {
         if len == 0 {
             return;
         }
@@ -52,7 +59,7 @@ impl Walker<'_> {
         let last = (start + len - 1) >> self.cb;
         for c in first..=last {
             match self.refs.get_mut(c as usize) {
-                Some(r) => *r += 1,
+                Some(r) => *r = r.saturating_add(k),
                 None => {
                     self.res.corruptions += 1;
                     self.res.messages.push(format!(
@@ -74,10 +81,12 @@ impl Walker<'_> {
         Some(raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8"))).collect())
     }
 
+    /// Counts the L2 tables an L1 table references. The tables themselves are
+    /// walked once each by [`Walker::walk_tables`], weighted by how many L1
+    /// entries reach them: a hostile image whose L1 entries all alias one big
+    /// table costs one walk, not millions.
     fn walk_l1(&mut self, l1: &[u64], active: bool) {
         for (i, &l1e) in l1.iter().enumerate() {
-            // Like QEMU, contiguity is measured within one L2 table.
-            let mut next_contig = 0u64;
             let off = l1e & L1E_OFFSET_MASK;
             if off == 0 {
                 continue;
@@ -88,7 +97,19 @@ impl Walker<'_> {
                 continue;
             }
             self.inc(off, self.cs, "L2 table");
+            let e = self.tables.entry(off).or_insert((0, 0, i));
+            e.0 += 1;
+            if active {
+                e.1 += 1;
+            }
+        }
+    }
+
+    fn walk_tables(&mut self) {
+        for (off, (mult, active, i)) in std::mem::take(&mut self.tables) {
             let Some(t) = self.read_table(off, self.cs) else { continue };
+            // Like QEMU, contiguity is measured within one L2 table.
+            let mut next_contig = 0u64;
             for (j, &e) in t.iter().enumerate() {
                 match decode_l2(e, self.cb, self.version) {
                     Err(err) => {
@@ -96,11 +117,11 @@ impl Walker<'_> {
                         self.res.messages.push(format!("ERROR L2 entry {i}/{j}: {err}"));
                     }
                     Ok(Cluster::Normal { host, .. }) | Ok(Cluster::Zero { host: Some(host), .. }) => {
-                        self.inc(host, self.cs, "data cluster");
-                        if active {
-                            self.res.allocated_clusters += 1;
+                        self.inc_by(host, self.cs, "data cluster", mult);
+                        if active > 0 {
+                            self.res.allocated_clusters += active;
                             if next_contig != 0 && host != next_contig {
-                                self.res.fragmented_clusters += 1;
+                                self.res.fragmented_clusters += active;
                             }
                             next_contig = host + self.cs;
                         }
@@ -113,11 +134,11 @@ impl Walker<'_> {
                             ));
                         }
                         let (s, l) = compressed_range(host, sectors);
-                        self.inc(s, l, "compressed cluster");
-                        if active {
-                            self.res.allocated_clusters += 1;
-                            self.res.compressed_clusters += 1;
-                            self.res.fragmented_clusters += 1;
+                        self.inc_by(s, l, "compressed cluster", mult);
+                        if active > 0 {
+                            self.res.allocated_clusters += active;
+                            self.res.compressed_clusters += active;
+                            self.res.fragmented_clusters += active;
                         }
                     }
                     Ok(_) => {}
@@ -164,6 +185,7 @@ fn compute<'a>(img: &'a Qcow2, st: &mut State) -> Result<Walker<'a>> {
         cs,
         cb: h.cluster_bits,
         version: h.version,
+        tables: BTreeMap::new(),
     };
     w.res.total_clusters = h.size.div_ceil(cs);
     w.inc(0, cs, "header");
@@ -180,6 +202,7 @@ fn compute<'a>(img: &'a Qcow2, st: &mut State) -> Result<Walker<'a>> {
             }
         }
     }
+    w.walk_tables();
     w.inc(st.rc.table_offset, st.rc.table_clusters as u64 * cs, "refcount table");
     for &b in st.rc.table.clone().iter() {
         if b != 0 {
@@ -220,6 +243,7 @@ fn check_once(img: &Qcow2) -> Result<CheckResult> {
     }
     // OFLAG_COPIED must be set exactly where the stored refcount is 1.
     let cb = st.cluster_bits();
+    let mut checked = HashSet::new();
     for (i, &l1e) in st.l1.clone().iter().enumerate() {
         let off = l1e & L1E_OFFSET_MASK;
         if off == 0 || (off >> cb) as usize >= w.refs.len() || !off.is_multiple_of(st.cluster_size()) {
@@ -229,6 +253,9 @@ fn check_once(img: &Qcow2) -> Result<CheckResult> {
         if (rc == 1) != (l1e & OFLAG_COPIED != 0) {
             w.res.corruptions += 1;
             w.res.messages.push(format!("ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={l1e:x} refcount={rc}"));
+        }
+        if !checked.insert(off) {
+            continue;
         }
         let Some(t) = w.read_table(off, st.cluster_size()) else { continue };
         for &e in &t {

@@ -85,13 +85,25 @@ impl Refcounts {
         crate::raw::read_full(file, &mut raw, table_offset)?;
         let mut table = Vec::with_capacity(raw.len() / 8);
         let mut block_set = HashSet::new();
+        let table_end = table_offset + table_clusters as u64 * cs;
         for (i, c) in raw.chunks_exact(8).enumerate() {
             let e = u64::from_be_bytes(c.try_into().expect("8")) & REFTABLE_OFFSET_MASK;
             if e != 0 {
                 if !e.is_multiple_of(cs) || e >= MAX_HOST_OFFSET {
                     return Err(Error::Corrupt(format!("refcount table entry {i} ({e:#x}) is not a cluster offset")));
                 }
-                block_set.insert(e);
+                if e + cs > file_len.next_multiple_of(cs) {
+                    return Err(Error::Corrupt(format!("refcount block {i} at {e:#x} lies past the end of the file")));
+                }
+                if e < cs || (e >= table_offset && e < table_end) {
+                    return Err(Error::Corrupt(format!(
+                        "refcount block {i} at {e:#x} overlaps the header or the table"
+                    )));
+                }
+                // Two table entries sharing a block would make allocation loop forever.
+                if !block_set.insert(e) {
+                    return Err(Error::Corrupt(format!("refcount block at {e:#x} is used twice in the table")));
+                }
             }
             table.push(e);
         }
@@ -247,7 +259,7 @@ impl Refcounts {
             }
         }
         let per = self.per_block();
-        loop {
+        for _ in 0..64 {
             let c = self.find_free(file, 1)?;
             let cti = c / per;
             let mut block = vec![0u8; self.cluster_size() as usize];
@@ -268,6 +280,7 @@ impl Refcounts {
             self.alloc_end = self.alloc_end.max(c + 1);
             return Ok(());
         }
+        Err(Error::Corrupt("refcount block allocation does not converge".into()))
     }
 
     /// Moves the refcount table to a larger one at the end of the image.
@@ -359,7 +372,14 @@ impl Refcounts {
     /// Allocates `n` contiguous clusters with refcount 1; returns the host offset.
     pub fn alloc(&mut self, file: &File, n: u64) -> Result<u64> {
         let per = self.per_block();
+        let mut rounds = 0u32;
         'retry: loop {
+            rounds += 1;
+            if rounds > 1000 {
+                return Err(Error::Corrupt(
+                    "cluster allocation does not converge; the refcounts are inconsistent".into(),
+                ));
+            }
             let start = self.find_free(file, n)?;
             // Make sure the blocks that count these clusters exist; creating one may
             // take a cluster from our range, in which case we search again.
