@@ -177,6 +177,9 @@ pub struct OpenOptions {
     /// Never sync to the disk (qemu's `cache=unsafe`): metadata is still written
     /// in order, but a host crash may lose it. For scratch copies like `convert`.
     pub cache_unsafe: bool,
+    /// The image will be read front to back (convert, compare): ask the kernel for
+    /// aggressive readahead.
+    pub sequential: bool,
     /// qcow2 L2 table cache budget in bytes (QEMU's `l2-cache-size`); default 32 MiB.
     pub l2_cache_bytes: Option<u64>,
     /// qcow2 refcount block cache budget in bytes; default 8 MiB.
@@ -213,6 +216,9 @@ pub(crate) fn open_chain(path: &Path, opts: &OpenOptions, seen: &mut Vec<PathBuf
         Format::Raw => {
             let mut r = raw::RawImage::open(path, opts.readonly, opts.direct)?;
             r.set_cache_unsafe(opts.cache_unsafe);
+            if opts.sequential {
+                r.advise_sequential();
+            }
             Ok(Box::new(r))
         }
         Format::Qcow2 => Ok(Box::new(qcow2::Qcow2::open_inner(path, opts, seen)?)),

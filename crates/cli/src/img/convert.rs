@@ -12,7 +12,7 @@ use image::{BlockBackend, CreateOptions, Extent, Format, OpenOptions};
 
 use super::args::{Spec, parse, parse_size};
 use super::create::apply_create_opts;
-use super::{ImgError, Progress, Res, o_pairs, open_image};
+use super::{ImgError, Progress, Res, o_pairs};
 
 const CHUNK: u64 = 2 << 20;
 
@@ -164,7 +164,13 @@ pub fn convert(a: &[String]) -> Res<i32> {
     let mut sources = Vec::new();
     let mut total = 0u64;
     for s in srcs {
-        let img = open_image(s, p.val("f"), true)?;
+        let o = OpenOptions {
+            format: super::parse_format(p.val("f"))?,
+            readonly: true,
+            sequential: true,
+            ..Default::default()
+        };
+        let img = image::open_with(Path::new(s), &o).map_err(|e| ImgError::ctx(format!("could not open '{s}'"), e))?;
         let sz = img.size();
         sources.push((total, img));
         total += sz;

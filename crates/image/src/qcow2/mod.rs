@@ -326,6 +326,9 @@ impl Qcow2 {
     }
 
     fn expand_zero_clusters(&self, size: u64, cs: u64) -> Result<()> {
+        if !self.lock().snapshots.is_empty() {
+            return Err(Error::Unsupported("downgrading an image with snapshots".into()));
+        }
         let zeros = vec![0u8; cs as usize];
         for vc in 0..size.div_ceil(cs) {
             let c = self.lock().lookup(&self.file, vc)?;
@@ -341,9 +344,6 @@ impl Qcow2 {
                     self.write_at(off, &zeros[..len])?;
                 }
             }
-        }
-        if !self.lock().snapshots.is_empty() {
-            return Err(Error::Unsupported("downgrading an image with snapshots".into()));
         }
         Ok(())
     }
