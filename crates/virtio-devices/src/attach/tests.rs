@@ -185,3 +185,69 @@ fn attach_pci_creates_root_and_functions() {
     wr(&pio, 0xcf8, 0x8000_0000 | 2 << 11 | 0x10);
     assert_eq!(rd(&pio, 0xcfc), (arch::layout::PCI_MMIO32_START as u32 + 0x8000) | 0b100);
 }
+
+/// virtio-pci: the guest moves BAR0 and drives the device; a snapshot
+/// restored into a fresh root keeps the BAR where the guest put it and the
+/// queue where it was.
+#[test]
+fn pci_snapshot_restores_bar_placement_and_queue() {
+    let mem = guest_memory();
+    let irqs = Arc::new(Irqs::default());
+    let io = Arc::new(IoEvents::default());
+    let ecam = arch::layout::PCI_ECAM_START + (1 << 15);
+    let bar = arch::layout::PCI_MMIO32_START + 0x20_0000;
+    let mut q = TestQueue::new(0x10000, 16);
+    let snap = {
+        let (mut mmio, mut pio, mut cmdline) = (Bus::new(), Bus::new(), Vec::new());
+        let mut ctx = DeviceContext {
+            mem: mem.clone(),
+            mmio_bus: &mut mmio,
+            pio_bus: &mut pio,
+            interrupts: irqs.clone(),
+            ioevents: io.clone(),
+            cmdline_extra: &mut cmdline,
+        };
+        let root = create_pci_root(&mut ctx).unwrap();
+        let mut a = attach_pci(&mut ctx, &root, rng("rng0")).unwrap();
+        wr(&mmio, ecam + 0x10, bar as u32);
+        wr(&mmio, ecam + 4, 2);
+        assert!(io.regs.lock().unwrap().contains(&(bar + 0x3000, None)));
+        let b8 = |off: u64, v: u8| assert!(mmio.write(bar + off, &[v]));
+        b8(0x14, 3);
+        wr(&mmio, bar + 0x08, 1);
+        wr(&mmio, bar + 0x0c, (COMMON_FEATURES >> 32) as u32);
+        b8(0x14, 11);
+        for (off, addr) in [(0x20, q.desc), (0x28, q.avail), (0x30, q.used)] {
+            wr(&mmio, bar + off, addr as u32);
+        }
+        assert!(mmio.write(bar + 0x18, &16u16.to_le_bytes()));
+        assert!(mmio.write(bar + 0x1c, &1u16.to_le_bytes()));
+        b8(0x14, 15);
+        q.add(&mem.memory(), &[(0x100000, 16, true)]);
+        assert!(mmio.write(bar + 0x3000, &0u16.to_le_bytes()));
+        assert_eq!(q.wait_used(&mem), Some((0, 16)));
+        a.pause().unwrap();
+        a.snapshot().unwrap().unwrap()
+    };
+    io.regs.lock().unwrap().clear();
+    let (mut mmio, mut pio, mut cmdline) = (Bus::new(), Bus::new(), Vec::new());
+    let mut ctx = DeviceContext {
+        mem: mem.clone(),
+        mmio_bus: &mut mmio,
+        pio_bus: &mut pio,
+        interrupts: irqs,
+        ioevents: io.clone(),
+        cmdline_extra: &mut cmdline,
+    };
+    let root = create_pci_root(&mut ctx).unwrap();
+    let mut b = attach_pci(&mut ctx, &root, rng("rng0")).unwrap();
+    b.restore(&snap).unwrap();
+    assert_eq!(rd(&mmio, ecam + 0x10) & !0xf, bar as u32, "BAR0 where the guest put it");
+    assert_eq!(*io.regs.lock().unwrap(), vec![(bar + 0x3000, None)], "doorbell followed");
+    let mut st = [0u8; 1];
+    assert!(mmio.read(bar + 0x14, &mut st));
+    assert_eq!(st[0], 15);
+    q.add(&mem.memory(), &[(0x100100, 16, true)]);
+    assert!(mmio.write(bar + 0x3000, &0u16.to_le_bytes()));
+    assert_eq!(q.wait_used(&mem), Some((1, 16)));
+}
