@@ -15,6 +15,9 @@ struct Cli {
     /// Log filter for the VMM/daemon log on stderr (error, warn, info, debug, trace).
     #[arg(long, global = true, default_value = "warn", env = "TERN_LOG")]
     log: String,
+    /// Manage a remote daemon over SSH: ssh://[user@]host[:port][/path/to/tern.sock] (like virsh -c).
+    #[arg(long, short = 'c', value_name = "URI")]
+    connect: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,7 +38,14 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(uri) = cli.connect.clone() {
+        // SAFETY: still single-threaded here. The verbs take TERN_CONNECT as
+        // their --connect default, so parse again with it set (a --connect
+        // after the verb still wins).
+        unsafe { std::env::set_var("TERN_CONNECT", uri) };
+        cli = Cli::parse();
+    }
     let filter =
         tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
