@@ -16,8 +16,11 @@
 //! and locks internally, so wrap it in an `Arc` and call it from as many queue
 //! worker threads as you like. For qcow2, the metadata lookup holds a short mutex;
 //! the data transfer itself (`pread`/`pwrite` on the host file) runs outside it, so
-//! reads and rewrites of allocated clusters proceed in parallel. Allocating writes
-//! are serialised.
+//! reads, rewrites of allocated clusters and allocating writes proceed in parallel.
+//! An allocating write reserves its guest clusters while it copies and writes the
+//! data, and publishes the new L2 entries afterwards; a concurrent write to the same
+//! clusters waits for it, so sector writes that share a cluster are never lost.
+//! Snapshot operations expect no concurrent guest I/O (pause the VM first).
 //!
 //! Semantics a device model can rely on:
 //! - `read_at`/`write_at` accept any offset and length inside [`BlockBackend::size`];

@@ -64,7 +64,10 @@ fn stress(cluster_size: u64, with_backing: bool) {
     for sec in 0..sectors {
         let want = ((sec % THREADS) as u8) << 4 | (sec % 16) as u8;
         let got = &all[(sec * 512) as usize..(sec * 512 + 512) as usize];
-        assert!(got.iter().all(|&b| b == want), "sector {sec} lost its write (cs {cluster_size}, backing {with_backing})");
+        assert!(
+            got.iter().all(|&b| b == want),
+            "sector {sec} lost its write (cs {cluster_size}, backing {with_backing})"
+        );
     }
     drop(img);
     assert_qemu_clean(&path);

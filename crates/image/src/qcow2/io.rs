@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 
 use super::Qcow2;
 use super::compress;
-use super::header::MAX_HOST_OFFSET;
+use super::header::{CompressionType, MAX_HOST_OFFSET};
 use super::state::{Cluster, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO, State, compressed_range};
 use crate::raw::read_full;
 use crate::{BlockBackend, Error, Extent, Result, io_err};
@@ -84,7 +84,7 @@ fn read_backing(img: &Qcow2, off: u64, buf: &mut [u8]) -> Result<()> {
     }
 }
 
-fn read_compressed(img: &Qcow2, ct: super::header::CompressionType, host: u64, sectors: u64) -> Result<Vec<u8>> {
+fn read_compressed(img: &Qcow2, ct: CompressionType, host: u64, sectors: u64) -> Result<Vec<u8>> {
     let cs = img.cluster_size();
     let (start, len) = compressed_range(host, sectors);
     check_host(start, len)?;
@@ -129,7 +129,7 @@ pub fn read(img: &Qcow2, offset: u64, buf: &mut [u8]) -> Result<()> {
 }
 
 /// Current content of guest cluster `vc` (for copy-on-write of partial writes).
-fn old_content(img: &Qcow2, st: &State, vc: u64, c: Cluster, out: &mut [u8]) -> Result<()> {
+fn old_content(img: &Qcow2, ct: CompressionType, vc: u64, c: Cluster, out: &mut [u8]) -> Result<()> {
     match c {
         Cluster::Normal { host, .. } => {
             check_host(host, out.len() as u64)?;
@@ -141,7 +141,7 @@ fn old_content(img: &Qcow2, st: &State, vc: u64, c: Cluster, out: &mut [u8]) -> 
         }
         Cluster::Unallocated => read_backing(img, vc << img.cluster_bits, out),
         Cluster::Compressed { host, sectors } => {
-            let d = read_compressed(img, st.header.compression_type, host, sectors)?;
+            let d = read_compressed(img, ct, host, sectors)?;
             out.copy_from_slice(&d);
             Ok(())
         }
@@ -194,24 +194,47 @@ pub fn write(img: &Qcow2, offset: u64, buf: &[u8]) -> Result<()> {
             covered += cs.min(len - pos - covered);
         }
         let k = olds.len() as u64;
-        let mut data = vec![0u8; (k * cs) as usize];
-        if in_off != 0 || (k == 1 && covered < cs) {
-            old_content(img, &st, vc, olds[0], &mut data[..cs as usize])?;
+        if st.inflight.iter().any(|&(s, n)| s < vc + k && vc < s + n) {
+            // Another writer is allocating some of these clusters: wait for it
+            // to publish its L2 entries, then look them up again.
+            drop(img.alloc_done.wait(st).unwrap_or_else(|p| p.into_inner()));
+            continue;
         }
-        let end_in = (in_off + covered) % cs;
-        if k > 1 && end_in != 0 {
-            let last = ((k - 1) * cs) as usize;
-            old_content(img, &st, vc + k - 1, olds[k as usize - 1], &mut data[last..])?;
-        }
-        data[in_off as usize..(in_off + covered) as usize]
-            .copy_from_slice(&buf[pos as usize..(pos + covered) as usize]);
+        // Reserve host clusters and the guest range, then fill and write the data
+        // without the lock so other queues proceed. The L2 entries are published
+        // only after the data is written: a reader or a flush never sees a
+        // mapping to unwritten clusters.
         let host = st.alloc_data(&img.file, k)?;
-        img.file.write_all_at(&data, host).map_err(io_err("write failed"))?;
-        st.file_len = st.file_len.max(host + k * cs);
-        for i in 0..k {
-            let old = st.set_l2_entry(&img.file, vc + i, super::normal_entry(host + i * cs))?;
-            st.free_entry(old)?;
-        }
+        st.inflight.push((vc, k));
+        let ct = st.header.compression_type;
+        drop(st);
+        let filled = (|| -> Result<()> {
+            let mut data = vec![0u8; (k * cs) as usize];
+            if in_off != 0 || (k == 1 && covered < cs) {
+                old_content(img, ct, vc, olds[0], &mut data[..cs as usize])?;
+            }
+            let end_in = (in_off + covered) % cs;
+            if k > 1 && end_in != 0 {
+                let last = ((k - 1) * cs) as usize;
+                old_content(img, ct, vc + k - 1, olds[k as usize - 1], &mut data[last..])?;
+            }
+            data[in_off as usize..(in_off + covered) as usize]
+                .copy_from_slice(&buf[pos as usize..(pos + covered) as usize]);
+            img.file.write_all_at(&data, host).map_err(io_err("write failed"))
+        })();
+        let mut st = img.lock();
+        st.inflight.retain(|&r| r != (vc, k));
+        let published = filled.and_then(|_| {
+            st.file_len = st.file_len.max(host + k * cs);
+            for i in 0..k {
+                let old = st.set_l2_entry(&img.file, vc + i, super::normal_entry(host + i * cs))?;
+                st.free_entry(old)?;
+            }
+            Ok(())
+        });
+        drop(st);
+        img.alloc_done.notify_all();
+        published?;
         pos += covered;
     }
     Ok(())

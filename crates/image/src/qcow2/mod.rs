@@ -19,7 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 pub use create::{CreateOptions, create};
 use header::{AUTOCLEAR_BITMAPS, Header, INCOMPAT_DIRTY};
@@ -42,6 +42,8 @@ pub struct Qcow2 {
     size: AtomicU64,
     pub(crate) backing: Option<Box<dyn BlockBackend>>,
     state: Mutex<State>,
+    /// Signalled when an allocating write publishes its clusters.
+    pub(crate) alloc_done: Condvar,
 }
 
 impl Qcow2 {
@@ -127,6 +129,7 @@ impl Qcow2 {
             file_len,
             compress_cursor: 0,
             nosync: opts.cache_unsafe,
+            inflight: Vec::new(),
         };
         let img = Qcow2 {
             file,
@@ -136,6 +139,7 @@ impl Qcow2 {
             size: AtomicU64::new(size),
             backing,
             state: Mutex::new(st),
+            alloc_done: Condvar::new(),
         };
         if !opts.readonly {
             let mut st = img.lock();

@@ -80,6 +80,8 @@ pub struct State {
     pub compress_cursor: u64,
     /// `cache=unsafe`: skip every sync.
     pub nosync: bool,
+    /// Guest cluster ranges (start, count) whose allocating write is in flight.
+    pub inflight: Vec<(u64, u64)>,
 }
 
 impl State {
