@@ -54,10 +54,11 @@
 //!   ioeventfd without datamatch at `BAR0 + 0x3000 + 4 * queue`, registered
 //!   when the guest enables memory decoding and moved when it moves BAR0.
 //!   Guests that never enable MSI-X (the shared test kernel has no
-//!   CONFIG_PCI_MSI) get INTx instead: INTA# of device n pulses
-//!   `legacy_line(PCI_INTX_GSIS[n % 5])` (GSIs 5, 6, 7, 10, 11, shared,
+//!   CONFIG_PCI_MSI) get INTx instead: INTA# of device n asserts
+//!   `level_line(PCI_INTX_GSIS[n % 5])` (GSIs 5, 6, 7, 10, 11, shared,
 //!   announced in the Interrupt Line register; with no `_PRT` in the DSDT
-//!   Linux uses that value), and reading the ISR lowers it.
+//!   Linux uses that value) when the ISR gets a bit, and reading the ISR
+//!   deasserts it.
 //! * Either way a trapped doorbell write does the same, just slower.
 //!
 //! # Modules
