@@ -366,6 +366,11 @@ impl PciDevice for VirtioPciDevice {
                 data[0] = self.isr.swap(0, Ordering::SeqCst);
                 if let Some(l) = self.interrupt.intx.get() {
                     let _ = l.deassert();
+                    // A worker may have set a bit between the swap and the
+                    // deassert: keep the line up for it.
+                    if self.isr.load(Ordering::SeqCst) != 0 {
+                        let _ = l.trigger();
+                    }
                 }
             }
             o if (DEVICE_OFF..DEVICE_OFF + DEVICE_LEN).contains(&o) => {
