@@ -15,28 +15,43 @@ fn call(sock: &Path, req: Request) -> Option<serde_json::Value> {
     api::call(sock, &req, T).unwrap_or_else(|e| panic!("{req:?}: {e}"))
 }
 
+/// A test guest running `scenario` with a control socket and a serial log.
+struct Guest {
+    _dir: TempDir,
+    child: std::process::Child,
+    sock: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+fn start_guest(tag: &str, scenario: &str, extra: &[&str]) -> Guest {
+    let dir = TempDir::new(tag);
+    let elf = guest_elf(&dir);
+    let sock = dir.join("api.sock");
+    let log = dir.join("serial.log");
+    let child = tern()
+        .args(["run", "--cmdline", &format!("tern.test={scenario}"), "--kernel"])
+        .arg(&elf)
+        .args(extra)
+        .arg("--api-socket")
+        .arg(&sock)
+        .arg("--serial")
+        .arg(format!("file={}", log.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_path(&sock, T);
+    Guest { _dir: dir, child, sock, log }
+}
+
 fn ticks(log: &Path) -> usize {
     std::fs::read_to_string(log).unwrap_or_default().matches("TERN tick=").count()
 }
 
 #[test]
 fn pause_resume_info_counters_and_stop() {
-    let dir = TempDir::new("ctl");
-    let elf = guest_elf(&dir);
-    let sock = dir.join("api.sock");
-    let log = dir.join("serial.log");
-    let child = tern()
-        .args(["run", "--cpus", "2", "--cmdline", "tern.test=spin", "--kernel"])
-        .arg(&elf)
-        .arg("--api-socket")
-        .arg(&sock)
-        .arg("--serial")
-        .arg(format!("file={}", log.display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_path(&sock, T);
+    let g = start_guest("ctl", "spin", &["--cpus", "2"]);
+    let (child, sock, log) = (g.child, g.sock.clone(), g.log.clone());
     wait_for_text(&log, "TERN tick=2", Duration::from_secs(20));
 
     let info: VmInfo = serde_json::from_value(call(&sock, Request::Info).unwrap()).unwrap();
@@ -84,22 +99,8 @@ fn pause_resume_info_counters_and_stop() {
 
 #[test]
 fn a_halted_guest_can_still_be_stopped() {
-    let dir = TempDir::new("hlt");
-    let elf = guest_elf(&dir);
-    let sock = dir.join("api.sock");
-    let log = dir.join("serial.log");
-    let child = tern()
-        .args(["run", "--cmdline", "tern.test=hlt", "--kernel"])
-        .arg(&elf)
-        .arg("--api-socket")
-        .arg(&sock)
-        .arg("--serial")
-        .arg(format!("file={}", log.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_path(&sock, T);
+    let g = start_guest("hlt", "hlt", &[]);
+    let (child, sock, log) = (g.child, g.sock.clone(), g.log.clone());
     wait_for_text(&log, "state=halted", Duration::from_secs(20));
     call(&sock, Request::Pause);
     call(&sock, Request::Stop);
@@ -157,22 +158,8 @@ fn vcpu_affinity(pid: u32, name: &str) -> String {
 
 #[test]
 fn vcpus_are_pinned_at_start_and_live() {
-    let dir = TempDir::new("pin");
-    let elf = guest_elf(&dir);
-    let sock = dir.join("api.sock");
-    let log = dir.join("serial.log");
-    let child = tern()
-        .args(["run", "--cpus", "2", "--pin", "0=1", "--cmdline", "tern.test=spin", "--kernel"])
-        .arg(&elf)
-        .arg("--api-socket")
-        .arg(&sock)
-        .arg("--serial")
-        .arg(format!("file={}", log.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_path(&sock, T);
+    let g = start_guest("pin", "spin", &["--cpus", "2", "--pin", "0=1"]);
+    let (child, sock, log) = (g.child, g.sock.clone(), g.log.clone());
     wait_for_text(&log, "TERN tick=1", Duration::from_secs(20));
     assert_eq!(vcpu_affinity(child.id(), "vcpu0"), "1");
     call(&sock, Request::PinVcpu { vcpu: 1, cpus: vec![0] });
@@ -190,22 +177,8 @@ fn vcpus_are_pinned_at_start_and_live() {
 
 #[test]
 fn power_button_makes_a_cooperative_guest_power_off() {
-    let dir = TempDir::new("pwrbtn");
-    let elf = guest_elf(&dir);
-    let sock = dir.join("api.sock");
-    let log = dir.join("serial.log");
-    let child = tern()
-        .args(["run", "--cmdline", "tern.test=spin", "--kernel"])
-        .arg(&elf)
-        .arg("--api-socket")
-        .arg(&sock)
-        .arg("--serial")
-        .arg(format!("file={}", log.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_path(&sock, T);
+    let g = start_guest("pwrbtn", "spin", &[]);
+    let (child, sock, log) = (g.child, g.sock.clone(), g.log.clone());
     wait_for_text(&log, "TERN tick=1", Duration::from_secs(20));
     let r = call(&sock, Request::PowerButton).unwrap();
     assert_eq!(r["delivered"], true, "the guest enabled the power-button event: {r}");
