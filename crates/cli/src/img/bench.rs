@@ -33,8 +33,7 @@ pub fn bench(a: &[String]) -> Res<i32> {
     let direct = matches!(p.val("t"), Some("none") | Some("directsync"));
     let fmt = super::parse_format(p.val("f"))?;
     let o = OpenOptions { format: fmt, readonly: !write, direct, ..Default::default() };
-    let img =
-        image::open_with(Path::new(file), &o).map_err(|e| ImgError::ctx(format!("could not open '{file}'"), e))?;
+    let img = image::open_with(Path::new(file), &o).map_err(|e| super::open_error(file, e))?;
     let size = img.size();
     if size < bufsize {
         return Err(ImgError::new("bench: the image is smaller than one request"));

@@ -34,7 +34,7 @@ pub fn check(a: &[String]) -> Res<i32> {
     };
     let fmt = match super::parse_format(p.val("f"))? {
         Some(f) => f,
-        None => image::probe(Path::new(file)).map_err(|e| ImgError::ctx(format!("could not open '{file}'"), e))?,
+        None => image::probe(Path::new(file)).map_err(|e| super::open_error(file, e))?,
     };
     if fmt != Format::Qcow2 {
         return Err(ImgError::new(format!("'{file}': this image format ({}) does not support checks", fmt.name()))
@@ -47,7 +47,7 @@ pub fn check(a: &[String]) -> Res<i32> {
         repair: true,
         ..Default::default()
     };
-    let q = Qcow2::open_with(Path::new(file), &o).map_err(|e| ImgError::ctx(format!("could not open '{file}'"), e))?;
+    let q = Qcow2::open_with(Path::new(file), &o).map_err(|e| super::open_error(file, e))?;
     let r =
         image::qcow2::check::check(&q, repair).map_err(|e| ImgError::ctx(format!("check of '{file}' failed"), e))?;
     drop(q);

@@ -170,7 +170,7 @@ pub fn convert(a: &[String]) -> Res<i32> {
             sequential: true,
             ..Default::default()
         };
-        let img = image::open_with(Path::new(s), &o).map_err(|e| ImgError::ctx(format!("could not open '{s}'"), e))?;
+        let img = image::open_with(Path::new(s), &o).map_err(|e| super::open_error(s, e))?;
         let sz = img.size();
         sources.push((total, img));
         total += sz;
@@ -208,12 +208,11 @@ pub fn convert(a: &[String]) -> Res<i32> {
             Path::new(dst),
             &OpenOptions { format: Some(Format::Qcow2), cache_unsafe, ..Default::default() },
         )
-        .map_err(|e| ImgError::ctx(format!("could not open '{dst}'"), e))?;
+        .map_err(|e| super::open_error(dst, e))?;
         (Some(q), None)
     } else {
         let o = OpenOptions { format: Some(out_fmt), cache_unsafe, ..Default::default() };
-        let t =
-            image::open_with(Path::new(dst), &o).map_err(|e| ImgError::ctx(format!("could not open '{dst}'"), e))?;
+        let t = image::open_with(Path::new(dst), &o).map_err(|e| super::open_error(dst, e))?;
         (None, Some(t))
     };
     let cluster = qcow2_target.as_ref().map(|q| q.cluster_size()).unwrap_or(65536);

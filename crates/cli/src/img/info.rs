@@ -26,7 +26,7 @@ struct ImageInfo {
 
 fn open_no_backing(path: &str, fmt: Option<Format>) -> Res<Box<dyn BlockBackend>> {
     let o = OpenOptions { format: fmt, readonly: true, no_backing: true, repair: true, ..Default::default() };
-    image::open_with(Path::new(path), &o).map_err(|e| ImgError::ctx(format!("could not open '{path}'"), e))
+    image::open_with(Path::new(path), &o).map_err(|e| super::open_error(path, e))
 }
 
 pub fn vm_clock(ns: u64) -> String {
@@ -108,8 +108,7 @@ fn gather(path: &str, fmt: Option<Format>) -> Res<ImageInfo> {
             repair: true,
             ..Default::default()
         };
-        let q =
-            Qcow2::open_with(Path::new(path), &o).map_err(|e| ImgError::ctx(format!("could not open '{path}'"), e))?;
+        let q = Qcow2::open_with(Path::new(path), &o).map_err(|e| super::open_error(path, e))?;
         let hd = q.header();
         j.insert("cluster-size".into(), json!(hd.cluster_size()));
         h.push_str(&format!("cluster_size: {}\n", hd.cluster_size()));

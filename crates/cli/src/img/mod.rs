@@ -117,20 +117,27 @@ pub fn parse_format(f: Option<&str>) -> Res<Option<Format>> {
 /// Opens an image the way qemu-img does for a subcommand.
 pub fn open_image(path: &str, fmt: Option<&str>, readonly: bool) -> Res<Box<dyn BlockBackend>> {
     let format = parse_format(fmt)?;
-    image::open(Path::new(path), format, readonly).map_err(|e| ImgError::ctx(format!("could not open '{path}'"), e))
+    image::open(Path::new(path), format, readonly).map_err(|e| open_error(path, e))
+}
+
+/// "could not open 'x': why" without repeating the path when the engine already named it.
+pub fn open_error(path: &str, e: image::Error) -> ImgError {
+    match e {
+        image::Error::Io { .. } => ImgError::new(e.to_string()),
+        e => ImgError::ctx(format!("could not open '{path}'"), e),
+    }
 }
 
 /// Opens a qcow2 image directly (for qcow2-only operations).
 pub fn open_qcow2(path: &str, fmt: Option<&str>, readonly: bool) -> Res<image::qcow2::Qcow2> {
     let format = match parse_format(fmt)? {
         Some(f) => f,
-        None => image::probe(Path::new(path)).map_err(|e| ImgError::ctx(format!("could not open '{path}'"), e))?,
+        None => image::probe(Path::new(path)).map_err(|e| open_error(path, e))?,
     };
     if format != Format::Qcow2 {
         return Err(ImgError::new(format!("'{path}': this operation needs a qcow2 image, not {}", format.name())));
     }
-    image::qcow2::Qcow2::open(Path::new(path), readonly)
-        .map_err(|e| ImgError::ctx(format!("could not open '{path}'"), e))
+    image::qcow2::Qcow2::open(Path::new(path), readonly).map_err(|e| open_error(path, e))
 }
 
 /// qemu's size_to_str: three significant digits and a binary unit.

@@ -11,7 +11,7 @@ use super::{ImgError, Progress, Res};
 const STEP: u64 = 1 << 20;
 
 fn open_q(path: &str, o: OpenOptions) -> Res<Qcow2> {
-    Qcow2::open_with(Path::new(path), &o).map_err(|e| ImgError::ctx(format!("could not open '{path}'"), e))
+    Qcow2::open_with(Path::new(path), &o).map_err(|e| super::open_error(path, e))
 }
 
 pub fn rebase(a: &[String]) -> Res<i32> {

@@ -209,6 +209,11 @@ pub fn write(img: &Qcow2, offset: u64, buf: &[u8]) -> Result<()> {
         let ct = st.header.compression_type;
         drop(st);
         let filled = (|| -> Result<()> {
+            let src = &buf[pos as usize..(pos + covered) as usize];
+            if in_off == 0 && covered == k * cs {
+                // Whole clusters: write straight from the caller's buffer.
+                return img.file.write_all_at(src, host).map_err(io_err("write failed"));
+            }
             let mut data = vec![0u8; (k * cs) as usize];
             if in_off != 0 || (k == 1 && covered < cs) {
                 old_content(img, ct, vc, olds[0], &mut data[..cs as usize])?;
@@ -218,8 +223,7 @@ pub fn write(img: &Qcow2, offset: u64, buf: &[u8]) -> Result<()> {
                 let last = ((k - 1) * cs) as usize;
                 old_content(img, ct, vc + k - 1, olds[k as usize - 1], &mut data[last..])?;
             }
-            data[in_off as usize..(in_off + covered) as usize]
-                .copy_from_slice(&buf[pos as usize..(pos + covered) as usize]);
+            data[in_off as usize..(in_off + covered) as usize].copy_from_slice(src);
             img.file.write_all_at(&data, host).map_err(io_err("write failed"))
         })();
         let mut st = img.lock();
