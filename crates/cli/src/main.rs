@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot one VM in the foreground (console on the terminal).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Check that this host can run VMs (like virt-host-validate).
     Check(check::CheckArgs),
     /// Disk image tool, a drop-in for qemu-img.
@@ -50,7 +50,7 @@ fn main() {
         tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
     let code = match cli.command {
-        Command::Run(a) => run::main(a),
+        Command::Run(a) => run::main(*a),
         Command::Check(a) => check::main(a),
         Command::Img(a) => img::main(a),
         Command::Daemon(a) => daemon::main(a),

@@ -57,6 +57,9 @@ pub struct RunArgs {
     /// A virtio-balloon device: [size=MIB][,deflate_on_oom=on|off][,stats=SECS]; the target is set through the control socket.
     #[arg(long, num_args = 0..=1, default_missing_value = "")]
     pub balloon: Option<String>,
+    /// A virtio-console (hvc0) as a second console: stdio, file=PATH, socket=PATH or none.
+    #[arg(long)]
+    pub console: Option<String>,
     /// Write the built-in test guest (a PVH/Linux-bootable ELF) to PATH and exit, e.g. to boot it under another VMM.
     #[arg(long = "export-guest", hide = true)]
     pub export_guest: Option<PathBuf>,
@@ -78,6 +81,7 @@ fn config_from(a: &RunArgs) -> Result<(VmConfig, KernelSource, BootProtocol), St
         rng: a.rng,
         vsock: a.vsock.as_ref().map(|v| v.parse().map_err(|e| format!("--vsock {v}: {e}"))).transpose()?,
         balloon: a.balloon.as_ref().map(|b| b.parse().map_err(|e| format!("--balloon {b}: {e}"))).transpose()?,
+        console: a.console.as_ref().map(|c| c.parse().map_err(|e| format!("--console {c}: {e}"))).transpose()?,
     };
     let kernel = match &a.kernel {
         Some(p) => KernelSource::Path(p.clone()),

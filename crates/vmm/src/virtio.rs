@@ -5,6 +5,7 @@
 use devices::DeviceContext;
 use virtio_devices::balloon::{Balloon, BalloonConfig, BalloonHandle};
 use virtio_devices::block::{Block, DiskConfig};
+use virtio_devices::console::Console;
 use virtio_devices::net::{Net, NetConfig};
 use virtio_devices::rng::Rng;
 use virtio_devices::vsock::{Vsock, VsockConfig};
@@ -39,6 +40,8 @@ pub struct VirtioConfig {
     pub rng: bool,
     pub vsock: Option<VsockConfig>,
     pub balloon: Option<BalloonConfig>,
+    /// virtio-console (hvc0) backend.
+    pub console: Option<devices::legacy::SerialConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,8 @@ pub enum VirtioWiringError {
     Rng(virtio_devices::rng::RngError),
     #[error("vsock: {0}")]
     Vsock(virtio_devices::vsock::VsockError),
+    #[error("virtio-console: {0}")]
+    Console(virtio_devices::console::ConsoleError),
     #[error("balloon: {0}")]
     Balloon(virtio_devices::balloon::BalloonError),
     #[error(transparent)]
@@ -92,6 +97,9 @@ pub fn attach_virtio(
     }
     if let Some(v) = &cfg.vsock {
         devs.push(shared(Vsock::new("virtio-vsock0", v).map_err(VirtioWiringError::Vsock)?));
+    }
+    if let Some(c) = &cfg.console {
+        devs.push(shared(Console::new("virtio-console0", c).map_err(VirtioWiringError::Console)?));
     }
     if let Some(b) = &cfg.balloon {
         let dev = Balloon::new("virtio-balloon0", b, memory_mib).map_err(VirtioWiringError::Balloon)?;
