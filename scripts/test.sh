@@ -19,6 +19,11 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
+# Debian's qemu-system-x86 can replace a backported qemu-utils: make sure
+# qemu-img is still there.
+if ! command -v qemu-img >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
+fi
 
 export CARGO_TERM_COLOR=never
 cargo build --release --workspace --all-targets
