@@ -21,7 +21,7 @@ def tern_cmd(cmdline, mem="128M"):
 
 def qemu_cmd(cmdline, mem="128"):
     return ["qemu-system-x86_64", "-enable-kvm", "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on",
-            "-cpu", "host", "-m", mem, "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
+            "-cpu", "kvm64", "-m", mem, "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
             "-object", f"memory-backend-memfd,id=ram,size={mem}M", "-machine", "memory-backend=ram",
             "-kernel", guest, "-append", cmdline]
@@ -53,11 +53,15 @@ def rss_overhead(cmd):
         if not chunk:
             break
         buf += chunk
-    status = open(f"/proc/{p.pid}/status").read()
+    try:
+        status = open(f"/proc/{p.pid}/status").read()
+    except FileNotFoundError:
+        return float("nan"), {"error": "the VMM had already exited"}
     p.kill()
     p.wait()
     f = {l.split(":")[0]: int(l.split()[1]) for l in status.splitlines() if l.split(":")[0] in ("VmRSS", "RssAnon", "RssFile", "RssShmem")}
-    # Guest RAM is a memfd in both VMMs, so it shows as RssShmem.
+    # Guest RAM is a memfd in both VMMs, so it shows as RssShmem; RssFile is
+    # the VMM binary's pages (shared page cache), RssAnon its private heap.
     return (f["VmRSS"] - f["RssShmem"]) / 1024, f
 
 have_qemu = subprocess.run(["which", "qemu-system-x86_64"], capture_output=True).returncode == 0
