@@ -88,3 +88,19 @@ impl DeviceCommon {
         Ok(())
     }
 }
+
+/// `Pausable` for a device whose queue processing lives in its
+/// `DeviceCommon` field named `common`: pausing the device is pausing that.
+#[macro_export]
+macro_rules! common_pausable {
+    ($t:ty) => {
+        impl migration::Pausable for $t {
+            fn pause(&mut self) -> Result<(), migration::MigrationError> {
+                self.common.pause()
+            }
+            fn resume(&mut self) -> Result<(), migration::MigrationError> {
+                self.common.resume()
+            }
+        }
+    };
+}

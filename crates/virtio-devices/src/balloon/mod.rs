@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devices::GuestMemory;
-use migration::{MigrationError, Pausable, Snapshot, Snapshottable};
+use migration::{MigrationError, Snapshot, Snapshottable};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -348,14 +348,7 @@ impl VirtioDevice for Balloon {
     }
 }
 
-impl Pausable for Balloon {
-    fn pause(&mut self) -> Result<(), MigrationError> {
-        self.common.pause()
-    }
-    fn resume(&mut self) -> Result<(), MigrationError> {
-        self.common.resume()
-    }
-}
+crate::common_pausable!(Balloon);
 
 impl Snapshottable for Balloon {
     fn id(&self) -> String {

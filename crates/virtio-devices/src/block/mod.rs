@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use devices::GuestMemory;
 use image::{BlockBackend, Format, OpenOptions};
-use migration::{MigrationError, Pausable, Snapshot, Snapshottable};
+use migration::{MigrationError, Snapshot, Snapshottable};
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::Queue;
 use vm_memory::GuestAddressSpace;
@@ -325,14 +325,7 @@ impl VirtioDevice for Block {
     }
 }
 
-impl Pausable for Block {
-    fn pause(&mut self) -> Result<(), MigrationError> {
-        self.common.pause()
-    }
-    fn resume(&mut self) -> Result<(), MigrationError> {
-        self.common.resume()
-    }
-}
+crate::common_pausable!(Block);
 
 impl Snapshottable for Block {
     fn id(&self) -> String {

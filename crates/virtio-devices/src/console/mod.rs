@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::GuestMemory;
 use devices::legacy::serial::{SerialConfig, SerialInput, SerialOutput};
-use migration::{MigrationError, Pausable, Snapshot, Snapshottable};
+use migration::{MigrationError, Snapshot, Snapshottable};
 use virtio_queue::Queue;
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
@@ -252,14 +252,7 @@ impl VirtioDevice for Console {
     }
 }
 
-impl Pausable for Console {
-    fn pause(&mut self) -> Result<(), MigrationError> {
-        self.common.pause()
-    }
-    fn resume(&mut self) -> Result<(), MigrationError> {
-        self.common.resume()
-    }
-}
+crate::common_pausable!(Console);
 
 impl Snapshottable for Console {
     fn id(&self) -> String {

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use ::net::tap::{TUN_F_CSUM, TUN_F_TSO_ECN, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO};
 use ::net::{MacAddr, Tap, TapError};
 use devices::GuestMemory;
-use migration::{MigrationError, Pausable, Snapshot, Snapshottable};
+use migration::{MigrationError, Snapshot, Snapshottable};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::common::DeviceCommon;
@@ -257,14 +257,7 @@ impl VirtioDevice for Net {
     }
 }
 
-impl Pausable for Net {
-    fn pause(&mut self) -> Result<(), MigrationError> {
-        self.common.pause()
-    }
-    fn resume(&mut self) -> Result<(), MigrationError> {
-        self.common.resume()
-    }
-}
+crate::common_pausable!(Net);
 
 impl Snapshottable for Net {
     fn id(&self) -> String {

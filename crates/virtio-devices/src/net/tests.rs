@@ -3,6 +3,7 @@
 //! transmits reach the TAP's kernel side and frames sent there reach the
 //! guest's rx buffers.
 
+use migration::Pausable;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use devices::GuestMemory;
-use migration::{MigrationError, Pausable, Snapshot, Snapshottable};
+use migration::{MigrationError, Snapshot, Snapshottable};
 use virtio_queue::Queue;
 use vm_memory::GuestAddressSpace;
 
@@ -148,14 +148,7 @@ impl VirtioDevice for Rng {
     }
 }
 
-impl Pausable for Rng {
-    fn pause(&mut self) -> Result<(), MigrationError> {
-        self.common.pause()
-    }
-    fn resume(&mut self) -> Result<(), MigrationError> {
-        self.common.resume()
-    }
-}
+crate::common_pausable!(Rng);
 
 impl Snapshottable for Rng {
     fn id(&self) -> String {

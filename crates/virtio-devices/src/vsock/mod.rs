@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use devices::GuestMemory;
-use migration::{MigrationError, Pausable, Snapshot, Snapshottable};
+use migration::{MigrationError, Snapshot, Snapshottable};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -337,14 +337,7 @@ impl VirtioDevice for Vsock {
     }
 }
 
-impl Pausable for Vsock {
-    fn pause(&mut self) -> Result<(), MigrationError> {
-        self.common.pause()
-    }
-    fn resume(&mut self) -> Result<(), MigrationError> {
-        self.common.resume()
-    }
-}
+crate::common_pausable!(Vsock);
 
 impl Snapshottable for Vsock {
     fn id(&self) -> String {
