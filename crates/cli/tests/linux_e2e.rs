@@ -82,6 +82,21 @@ fn mount_count(image: &Path) -> u32 {
         .unwrap_or_else(|| panic!("no mount count in dumpe2fs output:\n{s}"))
 }
 
+/// Wait until the line holding `needle` is terminated by a newline.
+fn wait_for_complete_line(path: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(at) = s.find(needle)
+            && s[at..].contains('\n')
+        {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "the line with '{needle}' never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn counters(sock: &Path) -> api::Counters {
     let v = api::call(sock, &Request::Counters, Duration::from_secs(10)).unwrap().unwrap();
     serde_json::from_value(v).unwrap()
@@ -117,7 +132,9 @@ fn boot_linux_with_devices(tag: &str, kernel: &str, transport: &str) {
         .spawn()
         .unwrap();
 
-    let console = wait_for_text(&serial, "EXT4-fs (vda): mounted filesystem", BOOT_TIMEOUT);
+    wait_for_text(&serial, "EXT4-fs (vda): mounted filesystem", BOOT_TIMEOUT);
+    // The console arrives a byte at a time: wait for the whole line.
+    let console = wait_for_complete_line(&serial, "EXT4-fs (vda): mounted filesystem");
     let line = console.lines().find(|l| l.contains("EXT4-fs (vda): mounted filesystem")).unwrap();
     assert!(line.contains("r/w"), "root not mounted read-write: {line}");
     assert!(console.contains("IP-Config: Got DHCP answer from 10.77.0.1"), "{console}");
