@@ -63,7 +63,9 @@ pub struct Vm {
     config: VmConfig,
     kernel: KernelSource,
     started: Instant,
-    mem: vm_memory::GuestMemoryMmap,
+    /// Guest RAM: KVM maps it, so it must outlive the vCPUs (device threads
+    /// hold their own references).
+    _mem: vm_memory::GuestMemoryMmap,
     events: Arc<VmEvents>,
     control: Arc<VcpuControl>,
     threads: Vec<VcpuThread>,
@@ -196,7 +198,7 @@ impl Vm {
             config,
             kernel,
             started: Instant::now(),
-            mem,
+            _mem: mem,
             events,
             control,
             threads,
@@ -366,6 +368,5 @@ impl Vm {
         if let Some(t) = self.serial_input.take() {
             t.stop();
         }
-        let _ = &self.mem;
     }
 }
