@@ -2,12 +2,12 @@
 //! Unix socket's client and hands the bytes to the device's bounded buffer.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use devices::legacy::serial::{RawTerminalGuard, SerialInput, SocketConsole};
+use devices::legacy::serial::{RawTerminalGuard, SerialInput, SocketConsole, poll_in};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::RxBuffer;
@@ -50,21 +50,6 @@ impl InputThread {
             }
         };
         Ok(Some(Self { stop, handle: Some(handle), _raw: raw }))
-    }
-}
-
-fn poll_in(fds: &[RawFd], timeout_ms: i32) -> Option<Vec<libc::c_short>> {
-    let mut pfds: Vec<libc::pollfd> =
-        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
-    loop {
-        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
-        if r >= 0 {
-            return Some(pfds.iter().map(|p| p.revents).collect());
-        }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return None;
-        }
     }
 }
 

@@ -169,7 +169,8 @@ pub fn spawn_serial_input(device: &Arc<Mutex<SerialDevice>>) -> Result<Option<Se
 }
 
 /// poll() the given fds for input; returns their revents, or None on error.
-fn poll_in(fds: &[RawFd], timeout_ms: i32) -> Option<Vec<libc::c_short>> {
+/// Shared with the virtio-console input threads.
+pub fn poll_in(fds: &[RawFd], timeout_ms: i32) -> Option<Vec<libc::c_short>> {
     let mut pfds: Vec<libc::pollfd> =
         fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
     loop {

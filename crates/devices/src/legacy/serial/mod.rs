@@ -23,7 +23,7 @@ use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial, SerialState, Trigger};
 
 pub use config::SerialConfig;
-pub use input::{RawTerminalGuard, SerialInput, SerialInputThread, spawn_serial_input};
+pub use input::{RawTerminalGuard, SerialInput, SerialInputThread, poll_in, spawn_serial_input};
 pub use output::{SOCKET_BACKLOG_MAX, SerialOutput, SocketConsole};
 
 use crate::BusDevice;
