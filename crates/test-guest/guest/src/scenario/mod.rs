@@ -23,6 +23,8 @@ pub fn run(name: &[u8], boot: &BootInfo) -> ! {
         b"virtio-console" => crate::virtio::console(boot),
         b"virtio-vsock" => crate::virtio::vsock(boot),
         b"virtio-balloon" => crate::virtio::balloon(boot),
+        b"blk-bench" => crate::virtio::blk_bench::run(boot),
+        b"net-bench" => crate::virtio::net_bench::run(boot),
         _ if name.starts_with(b"exit:") => misc::exit_with(&name[5..]),
         _ => crate::finish(false, format_args!(" reason=unknown-scenario")),
     }

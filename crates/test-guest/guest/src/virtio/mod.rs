@@ -2,8 +2,10 @@
 //! polling (no interrupts at CPL3).
 
 mod balloon;
+pub mod blk_bench;
 pub mod hal;
 mod net;
+pub mod net_bench;
 mod transport;
 
 use crate::acpi::Acpi;
@@ -22,7 +24,7 @@ use virtio_drivers::transport::{DeviceType, SomeTransport};
 
 pub use crate::blk_pattern::sector_pattern;
 
-fn transport_for(kind: DeviceType, boot: &BootInfo) -> (SomeTransport<'static>, &'static str) {
+pub(crate) fn transport_for(kind: DeviceType, boot: &BootInfo) -> (SomeTransport<'static>, &'static str) {
     let want = match param(boot.cmdline, "tern.virtio") {
         Some(b"mmio") => Want::Mmio,
         Some(b"pci") => Want::Pci,
@@ -36,12 +38,12 @@ fn transport_for(kind: DeviceType, boot: &BootInfo) -> (SomeTransport<'static>, 
     }
 }
 
-fn num(boot: &BootInfo, key: &str, default: u64) -> u64 {
+pub(crate) fn num(boot: &BootInfo, key: &str, default: u64) -> u64 {
     param(boot.cmdline, key).and_then(parse_u64).unwrap_or(default)
 }
 
 /// Deadline in TSC cycles from a parameter in milliseconds.
-fn deadline(boot: &BootInfo, key: &str, default_ms: u64) -> u64 {
+pub(crate) fn deadline(boot: &BootInfo, key: &str, default_ms: u64) -> u64 {
     rdtsc() + crate::cpu::tsc_hz() / 1000 * num(boot, key, default_ms)
 }
 
