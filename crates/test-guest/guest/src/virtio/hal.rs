@@ -13,6 +13,11 @@ pub const DMA_END: u64 = 0x40_0000;
 /// The Rust heap (virtio-drivers allocates with `alloc`): 4 MiB..6 MiB.
 pub const HEAP_START: u64 = 0x40_0000;
 pub const HEAP_END: u64 = 0x60_0000;
+/// Large data buffers for the benchmark scenarios (`blk-bench`,
+/// `net-bench`; one runs per boot): 8 MiB..40 MiB, identity mapped. Guests
+/// run with at least 64 MiB.
+pub const BENCH_START: u64 = 0x80_0000;
+pub const BENCH_END: u64 = 0x280_0000;
 const PAGE: u64 = 4096;
 
 static DMA_NEXT: AtomicU64 = AtomicU64::new(DMA_START);
