@@ -14,7 +14,7 @@ const QUEUE: usize = 16;
 const BUF_LEN: usize = 2048;
 type Net = VirtIONet<GuestHal, SomeTransport<'static>, QUEUE>;
 
-fn parse_ip(text: Option<&[u8]>, default: [u8; 4]) -> [u8; 4] {
+pub(crate) fn parse_ip(text: Option<&[u8]>, default: [u8; 4]) -> [u8; 4] {
     let Some(text) = text else { return default };
     let mut ip = [0u8; 4];
     let mut parts = text.split(|&b| b == b'.');
@@ -27,7 +27,7 @@ fn parse_ip(text: Option<&[u8]>, default: [u8; 4]) -> [u8; 4] {
     ip
 }
 
-fn checksum(data: &[u8]) -> u16 {
+pub(crate) fn checksum(data: &[u8]) -> u16 {
     let mut sum = 0u32;
     for pair in data.chunks(2) {
         let word = (pair[0] as u32) << 8 | *pair.get(1).unwrap_or(&0) as u32;
