@@ -39,7 +39,7 @@ pub struct RunArgs {
     /// Pin a vCPU to host CPUs: VCPU=CPU[,CPU...] (repeatable).
     #[arg(long = "pin")]
     pub pins: Vec<String>,
-    /// A virtio-blk disk: path=PATH[,format=raw|qcow2][,readonly=on][,cache=none|writeback][,io=threads|io_uring][,serial=ID] (repeatable).
+    /// A virtio-blk disk: path=PATH[,format=raw|qcow2][,readonly=on][,cache=none|writeback][,io=auto|threads|io_uring][,serial=ID] (repeatable).
     #[arg(long = "disk")]
     pub disks: Vec<String>,
     /// A virtio-net NIC on a TAP device: tap=NAME[,mac=MAC] (repeatable; the TAP is created when missing).

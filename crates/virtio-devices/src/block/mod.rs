@@ -1,7 +1,8 @@
 //! virtio-blk (virtio 1.x section 5.2) over an `image::BlockBackend` (raw or
 //! qcow2): read, write, flush, get-id, discard and write-zeroes, with a
 //! blocking engine on the worker thread (`io=threads`) or io_uring
-//! (`io=io_uring`, raw images) and O_DIRECT for `cache=none`.
+//! (`io=io_uring`, raw images; the default `io=auto` picks it when the
+//! kernel allows) and O_DIRECT for `cache=none`.
 
 pub mod config;
 mod raw_io;
@@ -294,13 +295,24 @@ impl VirtioDevice for Block {
                 Err(e) => tracing::warn!("{}: zero-copy path off, cannot reopen the image: {e}", self.common.id),
             }
         }
-        let use_uring = self.cfg.io == IoEngine::IoUring && self.disk.format() == Format::Raw;
-        if self.cfg.io == IoEngine::IoUring && !use_uring {
-            tracing::warn!("{}: io=io_uring works on raw images; using threads for this qcow2 disk", self.common.id);
-        }
-        if use_uring {
-            let engine = uring::UringHandler::new(handler, &self.cfg)
-                .map_err(|e| ActivateError::Backend(self.common.id.clone(), e.to_string()))?;
+        let raw = self.disk.format() == Format::Raw;
+        let parts = match (self.cfg.io, raw) {
+            (IoEngine::Threads, _) => None,
+            (IoEngine::IoUring, false) => {
+                tracing::warn!("{}: io=io_uring works on raw images; using threads for this disk", self.common.id);
+                None
+            }
+            (IoEngine::Auto, false) => None,
+            (IoEngine::IoUring, true) => Some(
+                uring::UringParts::new(&self.cfg, self.limits.readonly)
+                    .map_err(|e| ActivateError::Backend(self.common.id.clone(), format!("io_uring: {e}")))?,
+            ),
+            (IoEngine::Auto, true) => uring::UringParts::new(&self.cfg, self.limits.readonly)
+                .inspect_err(|e| tracing::debug!("{}: io_uring unavailable ({e}), using threads", self.common.id))
+                .ok(),
+        };
+        if let Some(parts) = parts {
+            let engine = uring::UringHandler::new(handler, parts);
             let fd = engine.completion_fd();
             return self.common.start(evts, vec![(fd, EventSet::IN, 0)], interrupt, Box::new(engine));
         }

@@ -94,7 +94,8 @@ fn write_read_round_trip(opts: &str) {
     let c = h.transport.device().lock().unwrap().counters();
     assert_eq!((c["read_ops"], c["write_ops"], c["write_bytes"]), (2, 1, 8192));
     // With io_uring the requests went async, except (under O_DIRECT) the unaligned one.
-    let want_async = match (opts.contains("io_uring"), opts.contains("cache=none")) {
+    let uring = opts.contains("io_uring") || !opts.contains("io=threads");
+    let want_async = match (uring, opts.contains("cache=none")) {
         (false, _) => 0,
         (true, false) => 3,
         (true, true) => 2,
@@ -105,6 +106,11 @@ fn write_read_round_trip(opts: &str) {
 
 #[test]
 fn threads_engine_writes_reads_and_flushes() {
+    write_read_round_trip(",io=threads");
+}
+
+#[test]
+fn default_engine_is_io_uring_for_raw_images() {
     write_read_round_trip("");
 }
 
@@ -115,7 +121,7 @@ fn io_uring_engine_writes_reads_and_flushes() {
 
 #[test]
 fn direct_io_with_both_engines() {
-    write_read_round_trip(",cache=none");
+    write_read_round_trip(",cache=none,io=threads");
     write_read_round_trip(",cache=none,io=io_uring");
 }
 

@@ -45,13 +45,29 @@ pub(crate) struct UringHandler {
     direct: bool,
 }
 
-impl UringHandler {
-    pub(crate) fn new(inner: BlockHandler, cfg: &DiskConfig) -> std::io::Result<Self> {
-        let RawFile { file, direct } = RawFile::open(cfg, inner.limits.readonly)?;
+/// The ring, the file and the completion EventFd, set up before the device
+/// commits to this engine (so `io=auto` can still fall back to threads).
+pub(crate) struct UringParts {
+    ring: IoUring,
+    file: File,
+    completion: EventFd,
+    direct: bool,
+}
+
+impl UringParts {
+    pub(crate) fn new(cfg: &DiskConfig, readonly: bool) -> std::io::Result<Self> {
+        let RawFile { file, direct } = RawFile::open(cfg, readonly)?;
         let ring = IoUring::new(super::QUEUE_SIZE as u32)?;
         let completion = EventFd::new(EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(completion.as_raw_fd())?;
-        Ok(Self { inner, ring, file, completion, inflight: HashMap::new(), next_id: 0, direct })
+        Ok(Self { ring, file, completion, direct })
+    }
+}
+
+impl UringHandler {
+    pub(crate) fn new(inner: BlockHandler, parts: UringParts) -> Self {
+        let UringParts { ring, file, completion, direct } = parts;
+        Self { inner, ring, file, completion, inflight: HashMap::new(), next_id: 0, direct }
     }
 
     pub(crate) fn completion_fd(&self) -> RawFd {

@@ -1,10 +1,10 @@
-//! virtio-drivers' HAL for an identity-mapped guest at CPL3: DMA memory and
-//! the heap are bump allocators over fixed RAM (never freed; scenarios are
-//! short-lived), physical address == virtual address.
+//! virtio-drivers' HAL for an identity-mapped guest at CPL3: DMA memory is a
+//! bump allocator over fixed RAM (never freed; scenarios are short-lived),
+//! the heap reuses small blocks; physical address == virtual address.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
 /// DMA pages for virtqueues and device buffers: 2 MiB..4 MiB.
@@ -65,19 +65,77 @@ unsafe impl Hal for GuestHal {
     unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
 }
 
-pub struct BumpHeap;
+/// The heap: a bump allocator with per-size-class free lists, so the small
+/// blocks virtio-drivers allocates and frees for every request (indirect
+/// descriptor tables) are reused and long benchmark runs do not run it dry.
+/// Blocks above [`MAX_CLASS`] bytes are never reused.
+pub struct Heap;
 
-// SAFETY: hands out disjoint, aligned ranges of reserved RAM; never reuses.
-unsafe impl GlobalAlloc for BumpHeap {
+const MIN_CLASS_SHIFT: u32 = 4;
+const MAX_CLASS: usize = 4096;
+const CLASSES: usize = (MAX_CLASS.trailing_zeros() - MIN_CLASS_SHIFT + 1) as usize;
+
+/// Heads of the free lists (0 = empty); a free block's first word links to
+/// the next. The guest drives virtio from one CPU, but a lock keeps this
+/// correct if another ever allocates.
+static FREE: [AtomicU64; CLASSES] = [const { AtomicU64::new(0) }; CLASSES];
+static LOCK: AtomicBool = AtomicBool::new(false);
+
+fn class_of(layout: Layout) -> Option<usize> {
+    let size = layout.size().max(layout.align()).max(1 << MIN_CLASS_SHIFT).next_power_of_two();
+    (size <= MAX_CLASS).then(|| (size.trailing_zeros() - MIN_CLASS_SHIFT) as usize)
+}
+
+fn with_lock<R>(f: impl FnOnce() -> R) -> R {
+    while LOCK.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        core::hint::spin_loop();
+    }
+    let r = f();
+    LOCK.store(false, Ordering::Release);
+    r
+}
+
+// SAFETY: hands out disjoint, aligned ranges of reserved RAM; a block is
+// reused only after `dealloc` returned it, and always for its own size class
+// (class size >= the layout's size and alignment; bump blocks of a class are
+// aligned to the class size).
+unsafe impl GlobalAlloc for Heap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        match bump(&HEAP_NEXT, HEAP_END, layout.size() as u64, layout.align() as u64) {
+        let Some(class) = class_of(layout) else {
+            return match bump(&HEAP_NEXT, HEAP_END, layout.size() as u64, layout.align() as u64) {
+                Some(addr) => addr as *mut u8,
+                None => core::ptr::null_mut(),
+            };
+        };
+        let reused = with_lock(|| {
+            let head = FREE[class].load(Ordering::Relaxed);
+            if head != 0 {
+                // SAFETY: `head` is a freed block of this class; its first word is the link.
+                let next = unsafe { (head as *const u64).read() };
+                FREE[class].store(next, Ordering::Relaxed);
+            }
+            head
+        });
+        if reused != 0 {
+            return reused as *mut u8;
+        }
+        let size = 1u64 << (class as u32 + MIN_CLASS_SHIFT);
+        match bump(&HEAP_NEXT, HEAP_END, size, size) {
             Some(addr) => addr as *mut u8,
             None => core::ptr::null_mut(),
         }
     }
 
-    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let Some(class) = class_of(layout) else { return };
+        with_lock(|| {
+            let head = FREE[class].load(Ordering::Relaxed);
+            // SAFETY: the caller gives back a block it owned, at least 16 bytes long and aligned.
+            unsafe { (ptr as *mut u64).write(head) };
+            FREE[class].store(ptr as u64, Ordering::Relaxed);
+        });
+    }
 }
 
 #[global_allocator]
-static HEAP: BumpHeap = BumpHeap;
+static HEAP: Heap = Heap;
