@@ -17,8 +17,12 @@ Figures: the guest's own (TSC between first and last frame) and the host's
 (TAP counters sampled every 2 ms). Prints medians and tern/qemu ratios
 (> 1: Tern is faster). Run as root; TERN points at a release `tern`
 (default target/release/tern). Env: RUNS (5), FRAMES (200000), LEN (1514),
-TRANSPORTS (mmio; "mmio,pci" adds Tern over virtio-pci), VMMS (tern,qemu),
-DIRS (tx,rx). The namespace is removed at the end, also on failure.
+TRANSPORTS (mmio; "mmio,pci" adds virtio-pci: Tern's, QEMU
+microvm,pcie=on with virtio-net-pci), VMMS (tern,qemu),
+DIRS (tx,rx), PERF (a comma list of perf events, e.g.
+kvm:kvm_exit,kvm:kvm_fast_mmio,syscalls:sys_enter_writev: each VM runs under
+`perf stat` and the counts per frame are printed). The namespace is removed at
+the end, also on failure.
 """
 import ctypes, json, os, re, socket, statistics, struct, subprocess, sys, tempfile, threading, time
 
@@ -30,6 +34,7 @@ LEN = int(os.environ.get("LEN", "1514"))
 TRANSPORTS = os.environ.get("TRANSPORTS", "mmio").split(",")
 VMMS = os.environ.get("VMMS", "tern,qemu").split(",")
 DIRS = os.environ.get("DIRS", "tx,rx").split(",")
+PERF = os.environ.get("PERF", "")
 NS = f"tern-netbench-{os.getpid()}"
 TAP = "tap0"
 HOST_IP, GUEST_IP, PORT = "10.0.2.2", "10.0.2.15", 5201
@@ -153,11 +158,14 @@ def vm_cmd(vmm, transport, cmdline, guest):
     if vmm == "tern":
         return [TERN, "run", "--transport", transport, "--kernel", guest, "--memory", "128M",
                 "--net", f"tap={TAP},mac={GUEST_MAC}", "--cmdline", cmdline]
-    return ["qemu-system-x86_64", "-enable-kvm", "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on",
+    pci = transport == "pci"
+    machine = "microvm,x-option-roms=off,isa-serial=on,rtc=on" + (",pcie=on" if pci else "")
+    return ["qemu-system-x86_64", "-enable-kvm", "-M", machine,
             "-cpu", "kvm64", "-m", "128", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
             "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no,vhost=off",
-            "-device", f"virtio-net-device,netdev=n0,mac={GUEST_MAC}", "-kernel", guest, "-append", cmdline]
+            "-device", f"virtio-net-{'pci' if pci else 'device'},netdev=n0,mac={GUEST_MAC}",
+            "-kernel", guest, "-append", cmdline]
 
 
 def metrics(text):
@@ -171,7 +179,12 @@ def run_once(vmm, transport, direction, guest):
     before_nft = nft_count()
     sampler = Sampler("rx_packets" if direction == "tx" else "tx_packets")
     flood = Flood()
-    p = subprocess.Popen(vm_cmd(vmm, transport, cmdline, guest), stdin=subprocess.DEVNULL,
+    cmd = vm_cmd(vmm, transport, cmdline, guest)
+    perf_out = None
+    if PERF:
+        perf_out = tempfile.mktemp(prefix="tern-netbench-perf-")
+        cmd = ["perf", "stat", "-x", ",", "-o", perf_out, "-e", PERF, "--"] + cmd
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = []
     killer = threading.Timer(VM_TIMEOUT, p.kill)
@@ -215,6 +228,13 @@ def run_once(vmm, transport, direction, guest):
         r["host_sent"] = flood.sent
         r["backoffs"] = flood.backoffs
     r["host_fps"] = frames / secs if secs > 0 else 0.0
+    if perf_out:
+        per = max(r["frames"], 1)
+        with open(perf_out) as f:
+            counts = [l.split(",") for l in f if l.count(",") >= 2 and not l.startswith("#")]
+        os.unlink(perf_out)
+        r["perf"] = "  ".join(f"{c[2].split(':')[-1]}={float(c[0]) / per:.3f}" for c in counts
+                              if c[0].replace(".", "").isdigit())
     r["host_mbps"] = r["host_fps"] * LEN * 8 / 1e6
     return r
 
@@ -230,7 +250,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="tern-netbench-")
     guest = os.path.join(tmp, "guest.elf")
     subprocess.run([TERN, "run", "--export-guest", guest], check=True)
-    configs = [("tern", t) for t in TRANSPORTS if "tern" in VMMS] + ([("qemu", "mmio")] if "qemu" in VMMS else [])
+    configs = [(vmm, t) for t in TRANSPORTS for vmm in VMMS]
     results = {}
     try:
         enter_namespace()
@@ -244,6 +264,8 @@ def main():
                     print(f"run {i + 1} {direction} {vmm:4} {transport:4} {'pass' if r['ok'] else 'FAIL'}  "
                           f"guest {r['fps']:9.0f} frames/s {r['mbps']:8.1f} Mbit/s  host {r['host_fps']:9.0f} "
                           f"frames/s  frames={r['frames']:.0f} {extra}", flush=True)
+                    if r.get("perf"):
+                        print(f"      per frame: {r['perf']}", flush=True)
     finally:
         subprocess.run(["ip", "netns", "del", NS], capture_output=True)
     print(f"\nvirtio-net over TAP, {LEN}-byte frames, {FRAMES} per run, medians of {RUNS} (guest TSC figures; "
@@ -257,11 +279,11 @@ def main():
         print(f"{direction}  {vmm:4} {transport:4}  {m['fps']:9.0f} frames/s  {m['mbps']:8.1f} Mbit/s   host "
               f"{m['host_fps']:9.0f} frames/s {m['host_mbps']:8.1f} Mbit/s   passed {sum(r['ok'] for r in rs)}/{len(rs)}")
     for direction in DIRS:
-        q = med.get(("qemu", "mmio", direction))
         for transport in TRANSPORTS:
+            q = med.get(("qemu", transport, direction))
             t = med.get(("tern", transport, direction))
             if q and t and q["fps"] > 0:
-                print(f"ratio tern({transport})/qemu {direction}: {t['fps'] / q['fps']:.2f}x "
+                print(f"ratio tern/qemu {direction} {transport}: {t['fps'] / q['fps']:.2f}x "
                       f"(host view {t['host_fps'] / q['host_fps'] if q['host_fps'] else float('nan'):.2f}x)")
     failed = sum(not r["ok"] for rs in results.values() for r in rs)
     sys.exit(1 if failed else 0)
