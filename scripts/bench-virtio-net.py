@@ -14,7 +14,8 @@ RUNS times each, in both directions:
      has counted FRAMES or stopped.
 
 Figures: the guest's own (TSC between first and last frame) and the host's
-(TAP counters sampled every 2 ms). Prints medians and tern/qemu ratios
+(TAP counters sampled every 2 ms); guest-wait is the share of that time the
+guest polled an empty rx ring / a full tx ring (high: the VMM side limits). Prints medians and tern/qemu ratios
 (> 1: Tern is faster). Run as root; TERN points at a release `tern`
 (default target/release/tern). Env: RUNS (5), FRAMES (200000), LEN (1514),
 TRANSPORTS (mmio; "mmio,pci" adds virtio-pci: Tern's, QEMU
@@ -219,7 +220,7 @@ def run_once(vmm, transport, direction, guest):
         sys.stderr.write(f"--- {vmm} {transport} {direction}: no pass; output:\n{text[-3000:]}\n")
     d = direction
     r = {"ok": ok, "fps": m.get(f"net-{d}-fps", 0.0), "mbps": m.get(f"net-{d}-mbps", 0.0),
-         "frames": m.get(f"net-{d}-frames", 0.0)}
+         "frames": m.get(f"net-{d}-frames", 0.0), "wait": m.get(f"net-{d}-guest-wait", 0.0)}
     if direction == "tx":
         frames, secs = sampler.rate(skip=1)  # the ARP request comes first
         r["host_arrived"] = nft_count() - before_nft
@@ -263,7 +264,7 @@ def main():
                              else f"host-sent={r['host_sent']} backoffs={r['backoffs']}")
                     print(f"run {i + 1} {direction} {vmm:4} {transport:4} {'pass' if r['ok'] else 'FAIL'}  "
                           f"guest {r['fps']:9.0f} frames/s {r['mbps']:8.1f} Mbit/s  host {r['host_fps']:9.0f} "
-                          f"frames/s  frames={r['frames']:.0f} {extra}", flush=True)
+                          f"frames/s  frames={r['frames']:.0f} guest-wait={r['wait']:.0f}% {extra}", flush=True)
                     if r.get("perf"):
                         print(f"      per frame: {r['perf']}", flush=True)
     finally:
@@ -274,10 +275,10 @@ def main():
     for (vmm, transport, direction), rs in results.items():
         good = [r for r in rs if r["ok"]] or rs
         med[(vmm, transport, direction)] = {k: statistics.median(r[k] for r in good) for k in
-                                            ("fps", "mbps", "host_fps", "host_mbps")}
+                                            ("fps", "mbps", "host_fps", "host_mbps", "wait")}
         m = med[(vmm, transport, direction)]
         print(f"{direction}  {vmm:4} {transport:4}  {m['fps']:9.0f} frames/s  {m['mbps']:8.1f} Mbit/s   host "
-              f"{m['host_fps']:9.0f} frames/s {m['host_mbps']:8.1f} Mbit/s   passed {sum(r['ok'] for r in rs)}/{len(rs)}")
+              f"{m['host_fps']:9.0f} frames/s {m['host_mbps']:8.1f} Mbit/s   guest-wait {m['wait']:3.0f}%   passed {sum(r['ok'] for r in rs)}/{len(rs)}")
     for direction in DIRS:
         for transport in TRANSPORTS:
             q = med.get(("qemu", transport, direction))

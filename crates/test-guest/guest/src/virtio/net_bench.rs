@@ -208,7 +208,26 @@ fn arp(net: &mut Raw, rx_owner: &mut [u16; QUEUE], a: &Addrs, boot: &BootInfo) -
     }
 }
 
-fn report(dir: &str, frames: u64, bytes: u64, cycles: u64) {
+/// Cycles the guest spent polling without anything to do (an empty rx
+/// ring, a full tx ring): a high share means the device side is the limit.
+#[derive(Default)]
+struct Waiting {
+    since: Option<u64>,
+    cycles: u64,
+}
+
+impl Waiting {
+    fn idle(&mut self, now: u64) {
+        self.since.get_or_insert(now);
+    }
+    fn busy(&mut self, now: u64) {
+        if let Some(s) = self.since.take() {
+            self.cycles += now - s;
+        }
+    }
+}
+
+fn report(dir: &str, frames: u64, bytes: u64, cycles: u64, waiting: u64) {
     let hz = tsc_hz();
     let ns = (cycles as u128 * 1_000_000_000 / hz.max(1) as u128) as u64;
     let fps = if ns > 0 { frames as u128 * 1_000_000_000 / ns as u128 } else { 0 };
@@ -218,6 +237,7 @@ fn report(dir: &str, frames: u64, bytes: u64, cycles: u64) {
     tern!("metric=net-{}-ns value={} unit=ns", dir, ns);
     tern!("metric=net-{}-fps value={} unit=frames/s", dir, fps);
     tern!("metric=net-{}-mbps value={}.{:03} unit=Mbit/s", dir, kbps / 1000, kbps % 1000);
+    tern!("metric=net-{}-guest-wait value={} unit=%", dir, waiting * 100 / cycles.max(1));
 }
 
 fn transmit(
@@ -250,7 +270,9 @@ fn transmit(
     let stall = tsc_hz() / 1000 * num(boot, "tern.net_timeout_ms", 3000);
     let start = rdtsc();
     let mut progress = start;
+    let mut waiting = Waiting::default();
     while done < frames {
+        let before = (sent, done);
         // Reap completions, then refill the ring.
         while let Some(token) = net.poll_transmit() {
             let index = owner.get(token as usize).copied().unwrap_or(NONE);
@@ -283,13 +305,20 @@ fn transmit(
             }
             sent += 1;
         }
-        if rdtsc() - progress > stall {
+        let now = rdtsc();
+        if (sent, done) == before {
+            waiting.idle(now);
+        } else {
+            waiting.busy(now);
+        }
+        if now - progress > stall {
             finish(false, format_args!(" reason=tx-stall sent={} done={} transport={}", sent, done, via));
         }
         core::hint::spin_loop();
     }
     let cycles = rdtsc() - start;
-    report("tx", done, done * len as u64, cycles);
+    waiting.busy(start + cycles);
+    report("tx", done, done * len as u64, cycles, waiting.cycles);
     finish(
         failed == 0,
         format_args!(" dir=tx frames={} completed={} failed={} transport={}", frames, done, failed, via),
@@ -302,7 +331,9 @@ fn receive(net: &mut Raw, rx_owner: &mut [u16; QUEUE], a: &Addrs, boot: &BootInf
     let idle = tsc_hz() / 1000 * num(boot, "tern.net_idle_ms", 500);
     let (mut got, mut bytes, mut other, mut next_seq, mut out_of_order) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut first, mut last) = (0u64, 0u64);
+    let mut waiting = Waiting::default();
     while got < frames {
+        let seen = got;
         let mut on_frame = |f: &[u8]| {
             let now = rdtsc();
             let valid = f.len() >= PAYLOAD_AT + MAGIC.len()
@@ -337,9 +368,15 @@ fn receive(net: &mut Raw, rx_owner: &mut [u16; QUEUE], a: &Addrs, boot: &BootInf
             }
         };
         if take_rx(net, rx_owner, &mut on_frame) {
+            if seen > 0 {
+                waiting.busy(last);
+            }
             continue;
         }
         let now = rdtsc();
+        if got > 0 {
+            waiting.idle(now);
+        }
         if got == 0 && now > wait_end {
             finish(false, format_args!(" reason=no-frames other={} transport={}", other, via));
         }
@@ -349,7 +386,8 @@ fn receive(net: &mut Raw, rx_owner: &mut [u16; QUEUE], a: &Addrs, boot: &BootInf
         core::hint::spin_loop();
     }
     // Rate over the intervals between the first and the last frame.
-    report("rx", got.saturating_sub(1), bytes * got.saturating_sub(1) / got.max(1), last - first);
+    let frames_after_first = got.saturating_sub(1);
+    report("rx", frames_after_first, bytes * frames_after_first / got.max(1), last - first, waiting.cycles);
     finish(
         got > 0 && out_of_order == 0,
         format_args!(
