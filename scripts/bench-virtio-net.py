@@ -176,7 +176,7 @@ def metrics(text):
 def run_once(vmm, transport, direction, guest):
     cmdline = (f"tern.test=net-bench tern.virtio={transport} tern.net_dir={direction} "
                f"tern.net_frames={FRAMES} tern.net_len={LEN} tern.net_ip={GUEST_IP} tern.net_peer={HOST_IP} "
-               f"tern.net_port={PORT}")
+               f"tern.net_port={PORT} tern.net_timeout_ms=10000")
     before_nft = nft_count()
     sampler = Sampler("rx_packets" if direction == "tx" else "tx_packets")
     flood = Flood()
@@ -216,10 +216,11 @@ def run_once(vmm, transport, direction, guest):
     text = "".join(out)
     m = metrics(text)
     ok = "result=pass" in text
+    result = re.search(r"TERN test=\S+ result=(.*)", text)
     if not ok:
         sys.stderr.write(f"--- {vmm} {transport} {direction}: no pass; output:\n{text[-3000:]}\n")
     d = direction
-    r = {"ok": ok, "fps": m.get(f"net-{d}-fps", 0.0), "mbps": m.get(f"net-{d}-mbps", 0.0),
+    r = {"ok": ok, "result": result.group(1).strip() if result else f"no result line (exit status {p.returncode})", "fps": m.get(f"net-{d}-fps", 0.0), "mbps": m.get(f"net-{d}-mbps", 0.0),
          "frames": m.get(f"net-{d}-frames", 0.0), "wait": m.get(f"net-{d}-guest-wait", 0.0)}
     if direction == "tx":
         frames, secs = sampler.rate(skip=1)  # the ARP request comes first
@@ -265,6 +266,8 @@ def main():
                     print(f"run {i + 1} {direction} {vmm:4} {transport:4} {'pass' if r['ok'] else 'FAIL'}  "
                           f"guest {r['fps']:9.0f} frames/s {r['mbps']:8.1f} Mbit/s  host {r['host_fps']:9.0f} "
                           f"frames/s  frames={r['frames']:.0f} guest-wait={r['wait']:.0f}% {extra}", flush=True)
+                    if not r["ok"]:
+                        print(f"      {vmm} failed: {r['result']}", flush=True)
                     if r.get("perf"):
                         print(f"      per frame: {r['perf']}", flush=True)
     finally:
