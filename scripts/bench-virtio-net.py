@@ -20,7 +20,8 @@ guest polled an empty rx ring / a full tx ring (high: the VMM side limits). Prin
 (default target/release/tern). Env: RUNS (5), FRAMES (200000), LEN (1514),
 TRANSPORTS (mmio; "mmio,pci" adds virtio-pci: Tern's, QEMU
 microvm,pcie=on with virtio-net-pci), VMMS (tern,qemu),
-DIRS (tx,rx), PERF (a comma list of perf events, e.g.
+DIRS (tx,rx), TERN_B (a second tern binary run alongside, to
+A/B a change), PERF (a comma list of perf events, e.g.
 kvm:kvm_exit,kvm:kvm_fast_mmio,syscalls:sys_enter_writev: each VM runs under
 `perf stat` and the counts per frame are printed). The namespace is removed at
 the end, also on failure.
@@ -29,6 +30,8 @@ import ctypes, json, os, re, socket, statistics, struct, subprocess, sys, tempfi
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TERN = os.environ.get("TERN", os.path.join(ROOT, "target/release/tern"))
+# A second Tern build to compare against in the same run (A/B of a change).
+TERN_B = os.environ.get("TERN_B")
 RUNS = int(os.environ.get("RUNS", "5"))
 FRAMES = int(os.environ.get("FRAMES", "200000"))
 LEN = int(os.environ.get("LEN", "1514"))
@@ -156,8 +159,8 @@ class Flood(threading.Thread):
 
 
 def vm_cmd(vmm, transport, cmdline, guest):
-    if vmm == "tern":
-        return [TERN, "run", "--transport", transport, "--kernel", guest, "--memory", "128M",
+    if vmm in ("tern", "tern-b"):
+        return [TERN if vmm == "tern" else TERN_B, "run", "--transport", transport, "--kernel", guest, "--memory", "128M",
                 "--net", f"tap={TAP},mac={GUEST_MAC}", "--cmdline", cmdline]
     pci = transport == "pci"
     machine = "microvm,x-option-roms=off,isa-serial=on,rtc=on" + (",pcie=on" if pci else "")
@@ -225,6 +228,9 @@ def run_once(vmm, transport, direction, guest):
     if direction == "tx":
         frames, secs = sampler.rate(skip=1)  # the ARP request comes first
         r["host_arrived"] = nft_count() - before_nft
+        if ok and r["host_arrived"] != FRAMES:
+            r["ok"] = False
+            r["result"] = f"the guest completed {FRAMES} frames but the host counted {r['host_arrived']}"
     else:
         frames, secs = sampler.rate()
         r["host_sent"] = flood.sent
@@ -252,8 +258,9 @@ def main():
     tmp = tempfile.mkdtemp(prefix="tern-netbench-")
     guest = os.path.join(tmp, "guest.elf")
     subprocess.run([TERN, "run", "--export-guest", guest], check=True)
-    configs = [(vmm, t) for t in TRANSPORTS for vmm in VMMS]
+    configs = [(vmm, t) for t in TRANSPORTS for vmm in VMMS + (["tern-b"] if TERN_B else [])]
     results = {}
+    load0 = f"{os.getloadavg()[0]:.2f}"
     try:
         enter_namespace()
         for direction in DIRS:
@@ -263,7 +270,7 @@ def main():
                     results.setdefault((vmm, transport, direction), []).append(r)
                     extra = (f"host-arrived={r['host_arrived']}" if direction == "tx"
                              else f"host-sent={r['host_sent']} backoffs={r['backoffs']}")
-                    print(f"run {i + 1} {direction} {vmm:4} {transport:4} {'pass' if r['ok'] else 'FAIL'}  "
+                    print(f"run {i + 1} {direction} {vmm:6} {transport:4} {'pass' if r['ok'] else 'FAIL'}  "
                           f"guest {r['fps']:9.0f} frames/s {r['mbps']:8.1f} Mbit/s  host {r['host_fps']:9.0f} "
                           f"frames/s  frames={r['frames']:.0f} guest-wait={r['wait']:.0f}% {extra}", flush=True)
                     if not r["ok"]:
@@ -273,22 +280,23 @@ def main():
     finally:
         subprocess.run(["ip", "netns", "del", NS], capture_output=True)
     print(f"\nvirtio-net over TAP, {LEN}-byte frames, {FRAMES} per run, medians of {RUNS} (guest TSC figures; "
-          "host = TAP counters)")
+          f"host = TAP counters); load average before {load0}, after {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     med = {}
     for (vmm, transport, direction), rs in results.items():
         good = [r for r in rs if r["ok"]] or rs
         med[(vmm, transport, direction)] = {k: statistics.median(r[k] for r in good) for k in
                                             ("fps", "mbps", "host_fps", "host_mbps", "wait")}
         m = med[(vmm, transport, direction)]
-        print(f"{direction}  {vmm:4} {transport:4}  {m['fps']:9.0f} frames/s  {m['mbps']:8.1f} Mbit/s   host "
+        print(f"{direction}  {vmm:6} {transport:4}  {m['fps']:9.0f} frames/s  {m['mbps']:8.1f} Mbit/s   host "
               f"{m['host_fps']:9.0f} frames/s {m['host_mbps']:8.1f} Mbit/s   guest-wait {m['wait']:3.0f}%   passed {sum(r['ok'] for r in rs)}/{len(rs)}")
     for direction in DIRS:
         for transport in TRANSPORTS:
             q = med.get(("qemu", transport, direction))
-            t = med.get(("tern", transport, direction))
-            if q and t and q["fps"] > 0:
-                print(f"ratio tern/qemu {direction} {transport}: {t['fps'] / q['fps']:.2f}x "
-                      f"(host view {t['host_fps'] / q['host_fps'] if q['host_fps'] else float('nan'):.2f}x)")
+            for name in ("tern", "tern-b"):
+                t = med.get((name, transport, direction))
+                if q and t and q["fps"] > 0:
+                    print(f"ratio {name}/qemu {direction} {transport}: {t['fps'] / q['fps']:.2f}x "
+                          f"(host view {t['host_fps'] / q['host_fps'] if q['host_fps'] else float('nan'):.2f}x)")
     failed = sum(not r["ok"] for rs in results.values() for r in rs)
     sys.exit(1 if failed else 0)
 

@@ -3,7 +3,7 @@
 //! from the TAP are scattered into rx buffers (merged across several when
 //! MRG_RXBUF was negotiated). Reading stops while the guest has no rx
 //! buffers and resumes when it posts some, so the TAP's own queue (not our
-//! memory) absorbs bursts.
+//! memory) absorbs bursts; meanwhile the TAP is not watched ([`TapGate`]).
 
 use std::io;
 use std::sync::Arc;
@@ -18,6 +18,8 @@ use vmm_sys_util::epoll::EventSet;
 use crate::device::VirtioInterrupt;
 use crate::queue::{Buf, QueueError, add_used, notify_used, parse_chain, pop_chain, read_bufs, write_bufs};
 use crate::worker::{DeviceBroken, QueueHandler};
+
+use super::gate::TapGate;
 
 /// virtio_net_hdr_v1: flags, gso_type, hdr_len, gso_size, csum_start,
 /// csum_offset, num_buffers.
@@ -85,6 +87,9 @@ pub struct NetHandler {
     pub tx_buf: Vec<u8>,
     /// The control queue, when negotiated.
     pub ctrl: Option<super::ctrl::CtrlQueue>,
+    /// When the worker watches the TAP through a gate (the device always
+    /// does), it is closed while rx is waiting for buffers.
+    pub gate: Option<TapGate>,
 }
 
 fn broken(e: QueueError) -> DeviceBroken {
@@ -113,6 +118,7 @@ impl NetHandler {
             pending: None,
             tx_buf: vec![0; MAX_FRAME],
             ctrl: None,
+            gate: None,
         }
     }
 
@@ -235,6 +241,11 @@ impl NetHandler {
             self.pending = None;
             used_any = true;
         }
+        if let (Some(_), Some(gate)) = (self.pending, self.gate.as_mut()) {
+            // Out of buffers: frames arriving now could not go anywhere, so do
+            // not wake for them; the guest's rx notification reopens.
+            gate.close();
+        }
         if used_any {
             notify_used(&mut self.rx, mem, &*self.interrupt, self.queue_index[0]).map_err(broken)?;
         }
@@ -312,7 +323,12 @@ impl NetHandler {
 impl QueueHandler for NetHandler {
     fn queue_notified(&mut self, index: usize) -> Result<(), DeviceBroken> {
         match index {
-            RX_QUEUE => self.process_rx(),
+            RX_QUEUE => {
+                if let Some(gate) = self.gate.as_mut() {
+                    gate.open();
+                }
+                self.process_rx()
+            }
             TX_QUEUE => self.process_tx(),
             CTRL_QUEUE => match self.ctrl.as_mut() {
                 Some(c) => c.process(&self.mem, &*self.interrupt),

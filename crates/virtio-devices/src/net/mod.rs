@@ -4,6 +4,7 @@
 
 mod config;
 mod ctrl;
+mod gate;
 mod handler;
 #[cfg(test)]
 pub(crate) mod test_driver;
@@ -222,12 +223,17 @@ impl VirtioDevice for Net {
             mrg_rxbuf: self.common.has_feature(VIRTIO_NET_F_MRG_RXBUF),
             counters: self.counters.clone(),
         };
+        let gate = gate::TapGate::new(self.tap.as_raw_fd())
+            .map_err(|e| ActivateError::Backend(self.common.id.clone(), format!("TAP epoll: {e}")))?;
+        let gate_fd = gate.fd();
         let mut handler = NetHandler::new(mem, interrupt.clone(), rx, tx, backend);
         handler.ctrl = ctrl_queue;
+        handler.gate = Some(gate);
         let announce = std::mem::take(&mut self.announce) && self.common.has_feature(VIRTIO_NET_F_GUEST_ANNOUNCE);
-        // Edge-triggered: while the guest has no rx buffers we leave frames
-        // in the TAP and rely on the rx queue notification to resume.
-        let extra = vec![(self.tap.as_raw_fd(), EventSet::IN | EventSet::EDGE_TRIGGERED, TAP_TOKEN)];
+        // The TAP, through its gate (edge-triggered): while the guest has no
+        // rx buffers we leave frames in the TAP and rely on the rx queue
+        // notification to resume.
+        let extra = vec![(gate_fd, EventSet::IN | EventSet::EDGE_TRIGGERED, TAP_TOKEN)];
         self.common.start(evts, extra, interrupt.clone(), Box::new(handler))?;
         if announce {
             // We may be on another host now: have the guest send gratuitous
