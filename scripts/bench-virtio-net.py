@@ -15,18 +15,20 @@ RUNS times each, in both directions:
 
 Figures: the guest's own (TSC between first and last frame) and the host's
 (TAP counters sampled every 2 ms); guest-wait is the share of that time the
-guest polled an empty rx ring / a full tx ring (high: the VMM side limits). Prints medians and tern/qemu ratios
-(> 1: Tern is faster). Run as root; TERN points at a release `tern`
-(default target/release/tern). Env: RUNS (5), FRAMES (200000), LEN (1514),
-TRANSPORTS (mmio; "mmio,pci" adds virtio-pci: Tern's, QEMU
-microvm,pcie=on with virtio-net-pci), VMMS (tern,qemu),
-DIRS (tx,rx), TERN_B (a second tern binary run alongside, to
-A/B a change), PERF (a comma list of perf events, e.g.
-kvm:kvm_exit,kvm:kvm_fast_mmio,syscalls:sys_enter_writev: each VM runs under
-`perf stat` and the counts per frame are printed). The namespace is removed at
-the end, also on failure.
+guest polled an empty rx ring / a full tx ring (high: the VMM side limits).
+Prints medians and tern/qemu ratios (> 1: Tern is faster). A run fails when
+the guest says so, or when the host did not count every tx frame.
+
+Run as root; TERN points at a release `tern` (default target/release/tern).
+Env: RUNS (5), FRAMES (200000), LEN (1514), VMMS (tern,qemu), DIRS (tx,rx),
+TRANSPORTS (mmio; "mmio,pci" adds Tern's virtio-pci and QEMU microvm,pcie=on
+with virtio-net-pci; use FRAMES=20000 there, it is ~10x slower), TERN_B (a
+second tern binary run alongside, to A/B a change), PERF (perf events, e.g.
+kvm:kvm_mmio,sched:sched_switch,syscalls:sys_enter_writev: each VM runs under
+`perf stat` and the counts per frame are printed). The namespace is removed
+at the end, also on failure or SIGTERM.
 """
-import ctypes, json, os, re, socket, statistics, struct, subprocess, sys, tempfile, threading, time
+import ctypes, json, os, re, signal, socket, statistics, struct, subprocess, sys, tempfile, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TERN = os.environ.get("TERN", os.path.join(ROOT, "target/release/tern"))
@@ -248,6 +250,7 @@ def run_once(vmm, transport, direction, guest):
 
 
 def main():
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
     if os.geteuid() != 0:
         raise SystemExit("bench-virtio-net: run as root (it creates a network namespace and a TAP)")
     if not os.access(TERN, os.X_OK):
