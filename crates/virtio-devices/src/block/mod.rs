@@ -1,10 +1,11 @@
 //! virtio-blk (virtio 1.x section 5.2) over an `image::BlockBackend` (raw or
-//! qcow2): read, write, flush, get-id, discard and write-zeroes, with a
-//! blocking engine on the worker thread (`io=threads`) or io_uring
-//! (`io=io_uring`, raw images; the default `io=auto` picks it when the
-//! kernel allows) and O_DIRECT for `cache=none`.
+//! qcow2): read, write, flush, get-id, discard and write-zeroes, with many
+//! requests in flight through io_uring (`io=io_uring`, raw images; the
+//! default `io=auto` picks it when the kernel allows) or a pool of blocking
+//! I/O threads (`io=threads`, qcow2), and O_DIRECT for `cache=none`.
 
 pub mod config;
+mod pool;
 mod raw_io;
 pub mod request;
 mod uring;
@@ -18,7 +19,6 @@ use image::{BlockBackend, Format, OpenOptions};
 use migration::{MigrationError, Snapshot, Snapshottable};
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::Queue;
-use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
 
 pub use config::{CacheMode, DiskConfig, DiskConfigError, DiskFormat, IoEngine};
@@ -29,8 +29,6 @@ use crate::device::{
     ActivateError, ActiveQueue, COMMON_FEATURES, TYPE_BLOCK, VirtioDevice, VirtioInterrupt, check_queue_count,
     read_config_bytes,
 };
-use crate::queue::{drain_queue, parse_chain};
-use crate::worker::{DeviceBroken, QueueHandler};
 
 pub const QUEUE_SIZE: u16 = 256;
 /// Largest single segment the driver may use (advertised as size_max).
@@ -123,6 +121,10 @@ impl Block {
             image::open_with(&cfg.path, &opts)
                 .map_err(|source| BlockError::Open { path: cfg.path.display().to_string(), source })?,
         );
+        if cfg.cache == CacheMode::None && disk.format() != Format::Raw {
+            // The qcow2 engine reads and writes through the host page cache.
+            tracing::warn!("{id}: cache=none applies to raw images; {} uses the host page cache", cfg.path.display());
+        }
         Self::with_backend(id, cfg, disk)
     }
 
@@ -206,53 +208,6 @@ pub(crate) struct BlockHandler {
     pub raw: Option<raw_io::RawFile>,
 }
 
-impl BlockHandler {
-    fn process_sync(&mut self) -> Result<(), DeviceBroken> {
-        let mem = self.mem.memory();
-        let (disk, limits, serial, counters, scratch, raw) =
-            (&*self.disk, &self.limits, &self.serial, &self.counters, &mut self.scratch, &self.raw);
-        drain_queue(&mut self.queue, &*mem, &*self.interrupt, self.index, |chain| {
-            let parsed = match parse_chain(chain, MAX_REQUEST_BYTES) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::debug!("virtio-blk: bad chain: {e}");
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                    return Some(0);
-                }
-            };
-            let req = match request::parse(&*mem, &parsed) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::debug!("virtio-blk: bad request: {e}");
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                    return Some(0);
-                }
-            };
-            let fast =
-                raw.as_ref().filter(|_| request::validate(&req, limits).is_ok()).and_then(|r| r.rw(&*mem, &req)).map(
-                    |ok| match (ok, req.kind) {
-                        (true, Kind::In) => (request::S_OK, req.data_len as u32),
-                        (true, _) => (request::S_OK, 0),
-                        (false, _) => (request::S_IOERR, 0),
-                    },
-                );
-            let (status, written) =
-                fast.unwrap_or_else(|| request::execute(&*mem, &req, disk, limits, serial, scratch));
-            counters.account(req.kind, status, req.data_len);
-            request::complete(&*mem, &req, status);
-            Some(written + 1)
-        })
-        .map(|_| ())
-        .map_err(|e| DeviceBroken(format!("virtio-blk: {e}")))
-    }
-}
-
-impl QueueHandler for BlockHandler {
-    fn queue_notified(&mut self, _index: usize) -> Result<(), DeviceBroken> {
-        self.process_sync()
-    }
-}
-
 impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
         TYPE_BLOCK
@@ -316,7 +271,10 @@ impl VirtioDevice for Block {
             let fd = engine.completion_fd();
             return self.common.start(evts, vec![(fd, EventSet::IN, 0)], interrupt, Box::new(engine));
         }
-        self.common.start(evts, vec![], interrupt, Box::new(handler))
+        let engine = pool::PoolHandler::new(handler)
+            .map_err(|e| ActivateError::Backend(self.common.id.clone(), format!("I/O threads: {e}")))?;
+        let fd = engine.completion_fd();
+        self.common.start(evts, vec![(fd, EventSet::IN, 0)], interrupt, Box::new(engine))
     }
     fn reset(&mut self) {
         self.common.reset();
