@@ -6,7 +6,9 @@
 //! most 1 MiB), `tern.blk_qd` requests in flight (16, at most the queue
 //! size), `tern.blk_ms` how long to keep issuing (2000) or `tern.blk_ops`
 //! requests to issue (0 = bounded by time only), `tern.blk_span` sectors
-//! the requests fall in (the whole disk).
+//! the requests fall in (the whole disk), `tern.blk_verify=1` to write
+//! [`sector_pattern`] and check it on every read (for tests; it costs a
+//! copy or compare per sector).
 //!
 //! Prints `TERN blk-bench start` when the first request is queued and
 //! `TERN blk-bench done ...` after the last completes, so the host can time
@@ -14,6 +16,7 @@
 
 use super::hal::{BENCH_END, BENCH_START, GuestHal};
 use super::{num, transport_for};
+use crate::blk_pattern::sector_pattern;
 use crate::boot::{BootInfo, param};
 use crate::cpu::{rdtsc, tsc_hz};
 use crate::{finish, tern};
@@ -60,6 +63,7 @@ impl Mode {
 /// device owns them.
 struct Slot {
     token: Option<u16>,
+    sector: u64,
     req: BlkReq,
     resp: BlkResp,
     buf: &'static mut [u8],
@@ -79,7 +83,13 @@ impl Rng {
 
 type Blk = VirtIOBlk<GuestHal, SomeTransport<'static>>;
 
-fn submit(blk: &mut Blk, slot: &mut Slot, sector: u64, write: bool) {
+fn submit(blk: &mut Blk, slot: &mut Slot, sector: u64, write: bool, verify: bool) {
+    slot.sector = sector;
+    if write && verify {
+        for (i, chunk) in slot.buf.chunks_exact_mut(SECTOR_SIZE).enumerate() {
+            chunk.copy_from_slice(&sector_pattern(sector + i as u64));
+        }
+    }
     // SAFETY: the slot's header, buffer and status are not touched again
     // until its token comes back from the used ring.
     let queued = unsafe {
@@ -95,7 +105,9 @@ fn submit(blk: &mut Blk, slot: &mut Slot, sector: u64, write: bool) {
     }
 }
 
-fn complete(blk: &mut Blk, slot: &mut Slot, token: u16, write: bool) {
+/// Returns the number of sectors that did not read back as
+/// [`sector_pattern`] (always 0 unless verifying a read).
+fn complete(blk: &mut Blk, slot: &mut Slot, token: u16, write: bool, verify: bool) -> u64 {
     slot.token = None;
     // SAFETY: the same header, buffer and status that were queued with `token`.
     let done = unsafe {
@@ -111,6 +123,12 @@ fn complete(blk: &mut Blk, slot: &mut Slot, token: u16, write: bool) {
     if slot.resp.status() != RespStatus::OK {
         finish(false, format_args!(" reason=request status={:?}", slot.resp.status()));
     }
+    if write || !verify {
+        return 0;
+    }
+    let sector = slot.sector;
+    slot.buf.chunks_exact(SECTOR_SIZE).enumerate().filter(|(i, c)| **c != sector_pattern(sector + *i as u64)[..]).count()
+        as u64
 }
 
 pub fn run(boot: &BootInfo) -> ! {
@@ -140,6 +158,8 @@ pub fn run(boot: &BootInfo) -> ! {
         finish(false, format_args!(" reason=disk-too-small capacity={}", blk.capacity()));
     }
     let max_ops = num(boot, "tern.blk_ops", 0);
+    let verify = num(boot, "tern.blk_verify", 0) != 0;
+    let mut mismatches = 0u64;
     let run_cycles = tsc_hz() / 1000 * num(boot, "tern.blk_ms", 2000);
 
     let mut slots: [Slot; MAX_QD] = core::array::from_fn(|i| {
@@ -148,7 +168,7 @@ pub fn run(boot: &BootInfo) -> ! {
         // region (checked above to fit), identity mapped and unused otherwise.
         let buf = unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, bs as usize) };
         buf.fill(0x5a ^ i as u8);
-        Slot { token: None, req: BlkReq::default(), resp: BlkResp::default(), buf }
+        Slot { token: None, sector: 0, req: BlkReq::default(), resp: BlkResp::default(), buf }
     });
 
     let mut rng = Rng(0x7465_726e_626c_6b31);
@@ -178,7 +198,7 @@ pub fn run(boot: &BootInfo) -> ! {
         }
         let sector = next_sector(&mut rng);
         issued_at[i] = rdtsc();
-        submit(&mut blk, slot, sector, mode.writes());
+        submit(&mut blk, slot, sector, mode.writes(), verify);
         issued += 1;
     }
     while completed < issued {
@@ -189,7 +209,7 @@ pub fn run(boot: &BootInfo) -> ! {
         let Some(i) = slots[..qd].iter().position(|s| s.token == Some(token)) else {
             finish(false, format_args!(" reason=unknown-token token={}", token));
         };
-        complete(&mut blk, &mut slots[i], token, mode.writes());
+        mismatches += complete(&mut blk, &mut slots[i], token, mode.writes(), verify);
         let now = rdtsc();
         latency_sum += now - issued_at[i];
         completed += 1;
@@ -197,7 +217,7 @@ pub fn run(boot: &BootInfo) -> ! {
         if more {
             let sector = next_sector(&mut rng);
             issued_at[i] = rdtsc();
-            submit(&mut blk, &mut slots[i], sector, mode.writes());
+            submit(&mut blk, &mut slots[i], sector, mode.writes(), verify);
             issued += 1;
         }
     }
@@ -219,7 +239,16 @@ pub fn run(boot: &BootInfo) -> ! {
         lat_us
     );
     finish(
-        completed > 0,
-        format_args!(" mode={} ops={} bs={} qd={} transport={}", mode.name(), completed, bs, qd, via),
+        completed > 0 && mismatches == 0,
+        format_args!(
+            " mode={} ops={} bs={} qd={} verify={} mismatches={} transport={}",
+            mode.name(),
+            completed,
+            bs,
+            qd,
+            verify,
+            mismatches,
+            via
+        ),
     )
 }
