@@ -8,6 +8,7 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use ::net::Tap;
 use devices::GuestMemory;
@@ -33,6 +34,9 @@ const MIN_FRAME: usize = HDR_LEN + 14;
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
 pub const CTRL_QUEUE: usize = 2;
+/// How long the worker keeps looking for rx buffers after running out (see
+/// `NetHandler::poll_avail`).
+const POLL_AFTER_WORK: Duration = Duration::from_micros(25);
 /// Token of the TAP fd on the worker's epoll.
 pub const TAP_TOKEN: u64 = 0;
 
@@ -231,7 +235,18 @@ impl NetHandler {
             };
             self.pending = Some(n);
             match self.deliver(mem, n)? {
-                Delivery::NoBuffers => break,
+                Delivery::NoBuffers => {
+                    // Let the guest see what it got, then give it a moment to
+                    // post buffers before sleeping (see `poll_avail`).
+                    if used_any {
+                        notify_used(&mut self.rx, mem, &*self.interrupt, self.queue_index[0]).map_err(broken)?;
+                        used_any = false;
+                        if self.poll_avail(mem)? {
+                            continue;
+                        }
+                    }
+                    break;
+                }
                 Delivery::Delivered => {
                     bump(&self.counters.rx_packets, 1);
                     bump(&self.counters.rx_bytes, (n - HDR_LEN) as u64);
@@ -250,6 +265,25 @@ impl NetHandler {
             notify_used(&mut self.rx, mem, &*self.interrupt, self.queue_index[0]).map_err(broken)?;
         }
         Ok(())
+    }
+
+    /// Watch the rx avail index for a little while after running out of
+    /// buffers: a guest streaming frames posts the next buffer within
+    /// microseconds, and catching it here saves the worker a sleep and the
+    /// guest's doorbell a thread wakeup (which can preempt its own vCPU).
+    fn poll_avail(&self, mem: &GuestMemoryMmap) -> Result<bool, DeviceBroken> {
+        let end = Instant::now() + POLL_AFTER_WORK;
+        loop {
+            let avail =
+                self.rx.avail_idx(mem, Ordering::Acquire).map_err(|e| broken(QueueError::Ring(e.to_string())))?;
+            if avail.0 != self.rx.next_avail() {
+                return Ok(true);
+            }
+            if Instant::now() >= end {
+                return Ok(false);
+            }
+            std::hint::spin_loop();
+        }
     }
 
     /// Place the `n`-byte frame in `self.frame` into rx buffers.
