@@ -121,8 +121,8 @@ fn post_rx(net: &mut Raw, owner: &mut [u16; QUEUE], index: usize) {
     }
 }
 
-/// Take the next received frame, if any: (buffer index, frame length), and
-/// give the buffer straight back to the device.
+/// Hand the next received frame, if any, to `f` and give its buffer straight
+/// back to the device; false when the used ring was empty.
 fn take_rx(net: &mut Raw, owner: &mut [u16; QUEUE], f: &mut impl FnMut(&[u8])) -> bool {
     let Some(token) = net.poll_receive() else { return false };
     let index = owner.get(token as usize).copied().unwrap_or(NONE);
@@ -132,10 +132,9 @@ fn take_rx(net: &mut Raw, owner: &mut [u16; QUEUE], f: &mut impl FnMut(&[u8])) -
     let buf = buffer(true, index as usize);
     // SAFETY: `buf` is the buffer passed to `receive_begin` for this token.
     match unsafe { net.receive_complete(token, buf) } {
-        Ok((hdr, n)) => f(&buffer(true, index as usize)[hdr..hdr + n]),
-        Err(e) => {
-            tern!("net-bench rx-error error=\"{}\"", e);
-        }
+        Ok((hdr, n)) if hdr + n <= buf.len() => f(&buf[hdr..hdr + n]),
+        // A used length shorter than the header, or longer than the buffer.
+        r => finish(false, format_args!(" reason=rx-bad-used-length result={:?}", r.map(|(h, n)| h + n))),
     }
     owner[token as usize] = NONE;
     post_rx(net, owner, index as usize);
