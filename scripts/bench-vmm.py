@@ -55,14 +55,30 @@ def rss_overhead(cmd):
         buf += chunk
     try:
         status = open(f"/proc/{p.pid}/status").read()
+        smaps = open(f"/proc/{p.pid}/smaps").read()
     except FileNotFoundError:
         return float("nan"), {"error": "the VMM had already exited"}
     p.kill()
     p.wait()
     f = {l.split(":")[0]: int(l.split()[1]) for l in status.splitlines() if l.split(":")[0] in ("VmRSS", "RssAnon", "RssFile", "RssShmem")}
-    # Guest RAM is a memfd in both VMMs, so it shows as RssShmem; RssFile is
-    # the VMM binary's pages (shared page cache), RssAnon its private heap.
-    return (f["VmRSS"] - f["RssShmem"]) / 1024, f
+    # Guest RAM is whatever mapping is exactly the guest's size (Tern: private
+    # anonymous memory with THP; QEMU here: a memfd): its resident pages are
+    # the guest's, not the VMM's overhead. RssFile is the VMM binary's pages
+    # (shared page cache), RssAnon its private heap plus, for Tern, guest RAM.
+    f["GuestRss"] = guest_rss(smaps, GUEST_MIB * 1024)
+    return (f["VmRSS"] - f["GuestRss"]) / 1024, f
+
+GUEST_MIB = 128
+
+def guest_rss(smaps, size_kib):
+    total, in_guest = 0, False
+    for line in smaps.splitlines():
+        key = line.split(":")[0]
+        if key == "Size":
+            in_guest = int(line.split()[1]) == size_kib
+        elif key == "Rss" and in_guest:
+            total += int(line.split()[1])
+    return total
 
 have_qemu = subprocess.run(["which", "qemu-system-x86_64"], capture_output=True).returncode == 0
 print(f"runs per measurement: {N}")
