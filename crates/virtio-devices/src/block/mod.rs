@@ -84,6 +84,27 @@ impl BlockCounters {
     }
 }
 
+/// Parse and check a popped chain. A malformed one is counted as an error
+/// and `None` is returned: the caller gives it back with nothing written.
+pub(crate) fn chain_to_request<M>(
+    chain: virtio_queue::DescriptorChain<M>,
+    counters: &BlockCounters,
+) -> Option<request::Request>
+where
+    M: Clone + std::ops::Deref,
+    M::Target: vm_memory::GuestMemory + Sized,
+{
+    // A second handle on the chain's memory while the chain is consumed.
+    let holder = chain.clone();
+    let req = crate::queue::parse_chain(chain, MAX_REQUEST_BYTES)
+        .ok()
+        .and_then(|parsed| request::parse(holder.memory(), &parsed).ok());
+    if req.is_none() {
+        counters.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    req
+}
+
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BlockState {
     pub acked_features: u64,

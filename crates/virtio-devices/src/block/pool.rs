@@ -22,8 +22,8 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::raw_io::RawFile;
 use super::request::{self, Kind, Limits, Request};
-use super::{BlockCounters, BlockHandler, MAX_REQUEST_BYTES};
-use crate::queue::{add_used, drain_queue, notify_used, parse_chain};
+use super::{BlockCounters, BlockHandler};
+use crate::queue::{add_used, drain_queue, notify_used};
 use crate::worker::{DeviceBroken, QueueHandler};
 
 /// Most threads one disk uses; they start on demand, so a quiet disk has one.
@@ -130,14 +130,7 @@ impl PoolHandler {
         let counters = &h.counters;
         let mut parsed_reqs = Vec::new();
         drain_queue(&mut h.queue, &*mem, &*h.interrupt, h.index, |chain| {
-            let Ok(parsed) = parse_chain(chain, MAX_REQUEST_BYTES) else {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
-                return Some(0);
-            };
-            let Ok(req) = request::parse(&*mem, &parsed) else {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
-                return Some(0);
-            };
+            let Some(req) = super::chain_to_request(chain, counters) else { return Some(0) };
             parsed_reqs.push(req);
             None
         })

@@ -15,11 +15,11 @@ use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use super::BlockHandler;
 use super::config::DiskConfig;
 use super::raw_io::{DIRECT_ALIGN, RawFile};
 use super::request::{self, Kind, Request, SECTOR_SHIFT};
-use super::{BlockHandler, MAX_REQUEST_BYTES};
-use crate::queue::{add_used, drain_queue, notify_used, parse_chain};
+use crate::queue::{add_used, drain_queue, notify_used};
 use crate::worker::{DeviceBroken, QueueHandler};
 
 /// iovecs pointing into guest memory.
@@ -97,14 +97,7 @@ impl UringHandler {
             Some(v)
         };
         drain_queue(&mut h.queue, &*mem, &*h.interrupt, h.index, |chain| {
-            let Ok(parsed) = parse_chain(chain, MAX_REQUEST_BYTES) else {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
-                return Some(0);
-            };
-            let Ok(req) = request::parse(&*mem, &parsed) else {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
-                return Some(0);
-            };
+            let Some(req) = super::chain_to_request(chain, counters) else { return Some(0) };
             if matches!(req.kind, Kind::In | Kind::Out)
                 && request::validate(&req, limits).is_ok()
                 && let Some(iov) = this_iovecs(&req)
