@@ -15,6 +15,8 @@ use migration::{Pausable, Snapshottable};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::common::DeviceCommon;
+
 /// Feature bits common to every device here.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
@@ -75,12 +77,21 @@ pub enum ActivateError {
 pub trait VirtioDevice: Pausable + Snapshottable + Send {
     /// Virtio device type (`TYPE_*`).
     fn device_type(&self) -> u32;
+    /// The state and worker every device shares; the defaults below read it.
+    fn common(&self) -> &DeviceCommon;
+    fn common_mut(&mut self) -> &mut DeviceCommon;
     /// Maximum size of each queue; the length is the number of queues.
-    fn queue_max_sizes(&self) -> &[u16];
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.common().queue_sizes
+    }
     /// Feature bits the device offers.
-    fn features(&self) -> u64;
-    /// The features the driver accepted (already masked to `features()`).
-    fn ack_features(&mut self, features: u64);
+    fn features(&self) -> u64 {
+        self.common().avail_features
+    }
+    /// The features the driver accepted (masked to `features()`).
+    fn ack_features(&mut self, features: u64) {
+        self.common_mut().ack(features);
+    }
     /// Read device-specific config space; bytes past its end read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Write device-specific config space; ignored by default.
@@ -92,9 +103,12 @@ pub trait VirtioDevice: Pausable + Snapshottable + Send {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError>;
-    /// The driver reset the device: stop the worker and forget negotiated
-    /// state. The device can be activated again afterwards.
-    fn reset(&mut self);
+    /// The driver reset the device: stop the worker (dropping its handler
+    /// and whatever backend state it held) and forget negotiated state. The
+    /// device can be activated again afterwards.
+    fn reset(&mut self) {
+        self.common_mut().reset();
+    }
     /// Statistics (requests, bytes, errors) for `tern` status/counters.
     fn counters(&self) -> BTreeMap<String, u64> {
         BTreeMap::new()

@@ -262,14 +262,11 @@ impl VirtioDevice for Balloon {
     fn device_type(&self) -> u32 {
         TYPE_BALLOON
     }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.common.queue_sizes
+    fn common(&self) -> &DeviceCommon {
+        &self.common
     }
-    fn features(&self) -> u64 {
-        self.common.avail_features
-    }
-    fn ack_features(&mut self, features: u64) {
-        self.common.ack(features);
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config_bytes(), offset, data);

@@ -233,14 +233,11 @@ impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
         TYPE_BLOCK
     }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.common.queue_sizes
+    fn common(&self) -> &DeviceCommon {
+        &self.common
     }
-    fn features(&self) -> u64 {
-        self.common.avail_features
-    }
-    fn ack_features(&mut self, features: u64) {
-        self.common.ack(features);
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config_space, offset, data);
@@ -296,9 +293,6 @@ impl VirtioDevice for Block {
             .map_err(|e| ActivateError::Backend(self.common.id.clone(), format!("I/O threads: {e}")))?;
         let fd = engine.completion_fd();
         self.common.start(evts, vec![(fd, EventSet::IN, 0)], interrupt, Box::new(engine))
-    }
-    fn reset(&mut self) {
-        self.common.reset();
     }
     fn counters(&self) -> BTreeMap<String, u64> {
         let c = &self.counters;

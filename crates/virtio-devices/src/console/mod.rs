@@ -202,14 +202,11 @@ impl VirtioDevice for Console {
     fn device_type(&self) -> u32 {
         TYPE_CONSOLE
     }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.common.queue_sizes
+    fn common(&self) -> &DeviceCommon {
+        &self.common
     }
-    fn features(&self) -> u64 {
-        self.common.avail_features
-    }
-    fn ack_features(&mut self, features: u64) {
-        self.common.ack(features);
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // cols, rows, max_nr_ports, emerg_wr: only meaningful with features
@@ -238,9 +235,6 @@ impl VirtioDevice for Console {
         // as it posts receive buffers.
         let _ = self.rx.ready.write(1);
         self.common.start(evts, vec![(fd, EventSet::IN, 0)], interrupt, Box::new(handler))
-    }
-    fn reset(&mut self) {
-        self.common.reset();
     }
     fn counters(&self) -> BTreeMap<String, u64> {
         let c = &self.counters;

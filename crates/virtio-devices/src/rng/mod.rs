@@ -102,14 +102,11 @@ impl VirtioDevice for Rng {
     fn device_type(&self) -> u32 {
         TYPE_RNG
     }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.common.queue_sizes
+    fn common(&self) -> &DeviceCommon {
+        &self.common
     }
-    fn features(&self) -> u64 {
-        self.common.avail_features
-    }
-    fn ack_features(&mut self, features: u64) {
-        self.common.ack(features);
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
     }
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
@@ -134,9 +131,6 @@ impl VirtioDevice for Rng {
             buf: Vec::new(),
         };
         self.common.start(evts, vec![], interrupt, Box::new(handler))
-    }
-    fn reset(&mut self) {
-        self.common.reset();
     }
     fn counters(&self) -> BTreeMap<String, u64> {
         let c = &self.counters;

@@ -275,14 +275,11 @@ impl VirtioDevice for Vsock {
     fn device_type(&self) -> u32 {
         TYPE_VSOCK
     }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.common.queue_sizes
+    fn common(&self) -> &DeviceCommon {
+        &self.common
     }
-    fn features(&self) -> u64 {
-        self.common.avail_features
-    }
-    fn ack_features(&mut self, features: u64) {
-        self.common.ack(features);
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.cid.to_le_bytes(), offset, data);
@@ -316,10 +313,6 @@ impl VirtioDevice for Vsock {
             counters: self.counters.clone(),
         };
         self.common.start(evts, vec![(epoll_fd, EventSet::IN, MUXER_TOKEN)], interrupt, Box::new(handler))
-    }
-    fn reset(&mut self) {
-        // Dropping the worker drops the muxer and with it every connection.
-        self.common.reset();
     }
     fn counters(&self) -> BTreeMap<String, u64> {
         let c = &self.counters;
