@@ -277,17 +277,27 @@ impl VirtioDevice for Block {
             }
             (IoEngine::Auto, false) => None,
             (IoEngine::IoUring, true) => Some(
-                uring::UringParts::new(&self.cfg, self.limits.readonly)
+                uring::UringParts::new()
                     .map_err(|e| ActivateError::Backend(self.common.id.clone(), format!("io_uring: {e}")))?,
             ),
-            (IoEngine::Auto, true) => uring::UringParts::new(&self.cfg, self.limits.readonly)
+            (IoEngine::Auto, true) => uring::UringParts::new()
                 .inspect_err(|e| tracing::debug!("{}: io_uring unavailable ({e}), using threads", self.common.id))
                 .ok(),
         };
         if let Some(parts) = parts {
-            let engine = uring::UringHandler::new(handler, parts);
-            let fd = engine.completion_fd();
-            return self.common.start(evts, vec![(fd, EventSet::IN, 0)], interrupt, Box::new(engine));
+            match handler.raw.take() {
+                Some(file) => {
+                    let engine = uring::UringHandler::new(handler, file, parts);
+                    let fd = engine.completion_fd();
+                    return self.common.start(evts, vec![(fd, EventSet::IN, 0)], interrupt, Box::new(engine));
+                }
+                None if self.cfg.io == IoEngine::IoUring => {
+                    let why = "io_uring: cannot reopen the image (see the warning above)".to_string();
+                    return Err(ActivateError::Backend(self.common.id.clone(), why));
+                }
+                // io=auto: the pool serves it through the image backend.
+                None => {}
+            }
         }
         let engine = pool::PoolHandler::new(handler)
             .map_err(|e| ActivateError::Backend(self.common.id.clone(), format!("I/O threads: {e}")))?;

@@ -16,7 +16,6 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::BlockHandler;
-use super::config::DiskConfig;
 use super::raw_io::{DIRECT_ALIGN, RawFile};
 use super::request::{self, Kind, Request, SECTOR_SHIFT};
 use crate::queue::{add_used, drain_queue, notify_used};
@@ -45,28 +44,26 @@ pub(crate) struct UringHandler {
     direct: bool,
 }
 
-/// The ring, the file and the completion EventFd, set up before the device
-/// commits to this engine (so `io=auto` can still fall back to threads).
+/// The ring and its completion EventFd, set up before the device commits to
+/// this engine (so `io=auto` can still fall back to threads).
 pub(crate) struct UringParts {
     ring: IoUring,
-    file: File,
     completion: EventFd,
-    direct: bool,
 }
 
 impl UringParts {
-    pub(crate) fn new(cfg: &DiskConfig, readonly: bool) -> std::io::Result<Self> {
-        let RawFile { file, direct } = RawFile::open(cfg, readonly)?;
+    pub(crate) fn new() -> std::io::Result<Self> {
         let ring = IoUring::new(super::QUEUE_SIZE as u32)?;
         let completion = EventFd::new(EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(completion.as_raw_fd())?;
-        Ok(Self { ring, file, completion, direct })
+        Ok(Self { ring, completion })
     }
 }
 
 impl UringHandler {
-    pub(crate) fn new(inner: BlockHandler, parts: UringParts) -> Self {
-        let UringParts { ring, file, completion, direct } = parts;
+    /// Submits to `file`, the raw image reopened for zero-copy I/O.
+    pub(crate) fn new(inner: BlockHandler, file: RawFile, parts: UringParts) -> Self {
+        let (RawFile { file, direct }, UringParts { ring, completion }) = (file, parts);
         Self { inner, ring, file, completion, inflight: HashMap::new(), next_id: 0, direct }
     }
 
