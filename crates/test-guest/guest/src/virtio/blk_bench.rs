@@ -64,6 +64,8 @@ impl Mode {
 struct Slot {
     token: Option<u16>,
     sector: u64,
+    /// TSC when the request was queued, for the average latency.
+    issued_at: u64,
     req: BlkReq,
     resp: BlkResp,
     buf: &'static mut [u8],
@@ -85,6 +87,7 @@ type Blk = VirtIOBlk<GuestHal, SomeTransport<'static>>;
 
 fn submit(blk: &mut Blk, slot: &mut Slot, sector: u64, write: bool, verify: bool) {
     slot.sector = sector;
+    slot.issued_at = rdtsc();
     if write && verify {
         for (i, chunk) in slot.buf.chunks_exact_mut(SECTOR_SIZE).enumerate() {
             chunk.copy_from_slice(&sector_pattern(sector + i as u64));
@@ -168,7 +171,7 @@ pub fn run(boot: &BootInfo) -> ! {
         // region (checked above to fit), identity mapped and unused otherwise.
         let buf = unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, bs as usize) };
         buf.fill(0x5a ^ i as u8);
-        Slot { token: None, sector: 0, req: BlkReq::default(), resp: BlkResp::default(), buf }
+        Slot { token: None, sector: 0, issued_at: 0, req: BlkReq::default(), resp: BlkResp::default(), buf }
     });
 
     let mut rng = Rng(0x7465_726e_626c_6b31);
@@ -191,13 +194,11 @@ pub fn run(boot: &BootInfo) -> ! {
     let mut issued = 0u64;
     let mut completed = 0u64;
     let mut latency_sum = 0u64;
-    let mut issued_at = [0u64; MAX_QD];
-    for (i, slot) in slots.iter_mut().enumerate().take(qd) {
+    for slot in slots.iter_mut().take(qd) {
         if max_ops != 0 && issued >= max_ops {
             break;
         }
         let sector = next_sector(&mut rng);
-        issued_at[i] = rdtsc();
         submit(&mut blk, slot, sector, mode.writes(), verify);
         issued += 1;
     }
@@ -211,12 +212,11 @@ pub fn run(boot: &BootInfo) -> ! {
         };
         mismatches += complete(&mut blk, &mut slots[i], token, mode.writes(), verify);
         let now = rdtsc();
-        latency_sum += now - issued_at[i];
+        latency_sum += now - slots[i].issued_at;
         completed += 1;
         let more = now < stop_at && (max_ops == 0 || issued < max_ops);
         if more {
             let sector = next_sector(&mut rng);
-            issued_at[i] = rdtsc();
             submit(&mut blk, &mut slots[i], sector, mode.writes(), verify);
             issued += 1;
         }
